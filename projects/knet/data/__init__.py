@@ -1,0 +1,1 @@
+"""K-Net data: importing this module registers the dataset mappers and the datasets."""
