@@ -20,6 +20,10 @@ The rewrites (each is printed with the files it touched):
 * Pillow 10 removed ``Image.LINEAR``; it is ``Image.BILINEAR`` (the same filter).
 * ``engine.launch`` uses the gloo backend and skips the CUDA device set-up when there is no GPU, as
   later detectron2 releases do, so multi-process training also works on CPU.
+* ``engine.launch`` destroys its process group when the worker returns (otherwise gloo's threads can
+  abort the exiting process).
+* the model-zoo yaml files are shipped in the wheel (v0.6's setup.py globbed them relative to the
+  working directory, so a wheel built elsewhere had none).
 * ``model_zoo`` locates its bundled configs next to its own file instead of through
   ``pkg_resources`` (removed from current setuptools).
 * metadata: the distribution is named ``detectron2``; the obsolete pins ``black==21.4b2``,
@@ -42,7 +46,7 @@ import tempfile
 
 SDIST = "pb1-detectron2==0.6"
 # Bump when the rewrites change, so that a stale cached wheel is never reused.
-PATCH_VERSION = "1"
+PATCH_VERSION = "2"
 LOCAL_VERSION = f"0.6+knetcpu{PATCH_VERSION}"
 
 MISSING_C_MODULE = '''\
@@ -86,6 +90,15 @@ LAUNCH_NEW_DEVICE = (
     "        torch.cuda.set_device(local_rank)\n"
 )
 
+LAUNCH_OLD_MAIN = "    comm.synchronize()\n\n    main_func(*args)\n"
+LAUNCH_NEW_MAIN = (
+    "    comm.synchronize()\n\n    main_func(*args)\n"
+    "    dist.destroy_process_group()  # knet-compat: join gloo's threads before the process exits\n"
+)
+
+SETUP_OLD_PACKAGE_DATA = 'package_data={"detectron2.model_zoo": get_model_zoo_configs()},'
+SETUP_NEW_PACKAGE_DATA = 'package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]},'
+
 ZOO_OLD = """    cfg_file = pkg_resources.resource_filename(
         "detectron2.model_zoo", os.path.join("configs", config_path)
     )"""
@@ -120,7 +133,7 @@ def _replace(path, old, new, what, changes, count=1):
     text = text.replace(old, new, count)
     with open(path, "w") as f:
         f.write(text)
-    changes.setdefault(what, []).append(os.path.relpath(path))
+    changes.setdefault(what, []).append(path)
 
 
 def patch_sources(src):
@@ -154,6 +167,7 @@ def patch_sources(src):
     _replace(launch, LAUNCH_OLD_ASSERT, LAUNCH_NEW_ASSERT, "engine.launch: gloo backend without GPU", changes)
     _replace(launch, LAUNCH_OLD_BACKEND, LAUNCH_NEW_BACKEND, "engine.launch: gloo backend without GPU", changes)
     _replace(launch, LAUNCH_OLD_DEVICE, LAUNCH_NEW_DEVICE, "engine.launch: gloo backend without GPU", changes)
+    _replace(launch, LAUNCH_OLD_MAIN, LAUNCH_NEW_MAIN, "engine.launch: destroy the process group at exit", changes)
 
     zoo = os.path.join(pkg, "model_zoo", "model_zoo.py")
     _replace(zoo, ZOO_OLD, ZOO_NEW, "model_zoo: no pkg_resources", changes)
@@ -162,6 +176,7 @@ def patch_sources(src):
     setup_py = os.path.join(src, "setup.py")
     _replace(setup_py, 'name="pb1-detectron2",', 'name="detectron2",', "setup.py: metadata", changes)
     _replace(setup_py, "version=get_version(),", f'version="{LOCAL_VERSION}",', "setup.py: metadata", changes)
+    _replace(setup_py, SETUP_OLD_PACKAGE_DATA, SETUP_NEW_PACKAGE_DATA, "setup.py: ship model-zoo configs", changes)
     _replace(setup_py, "ext_modules=get_extensions(),", "ext_modules=[],", "setup.py: no C++ extension", changes)
     for old in DROPPED_REQUIREMENTS:
         _replace(setup_py, old, "", "setup.py: drop obsolete requirements", changes)
@@ -169,7 +184,8 @@ def patch_sources(src):
         _replace(setup_py, old, new, "setup.py: relax obsolete pins", changes)
     for stale in glob.glob(os.path.join(src, "*.egg-info")):
         shutil.rmtree(stale)
-    return changes
+    return {what: [os.path.relpath(p, src) if os.path.isabs(p) else p for p in files]
+            for what, files in changes.items()}
 
 
 def pip(*args):
