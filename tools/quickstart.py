@@ -100,7 +100,7 @@ def main():
     t0 = time.time()
     from knet.data.datasets.register_synthetic import ensure_synthetic_dataset
 
-    root = ensure_synthetic_dataset()
+    root = ensure_synthetic_dataset(progress=True)
     t_data = time.time() - t0
     print(f"[quickstart] synthetic dataset ready at {root} ({t_data:.0f} s)", flush=True)
 

@@ -1,0 +1,105 @@
+"""``knet_instance``: COCO instance records -> thing masks (polygons or RLE decoded to bool masks).
+
+The recipe of the official K-Net instance configs (ZwwWayne/K-Net
+``configs/det/_base_/datasets/coco_instance.py``): resize the shortest edge and flip. Masks are decoded at the
+original size and transformed exactly with the image (nearest neighbour, 8 masks per pass), which needs no
+polygon clipping library.
+"""
+import copy
+import logging
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Instances
+
+from .registry import KNET_MAPPER_REGISTRY
+from .utils import (
+    annotations_to_masks,
+    check_class_ids,
+    check_dataset_metadata,
+    image_to_tensor,
+    map_test_image,
+    pad_to_size,
+    transform_masks,
+)
+
+__all__ = ["KNetInstanceDatasetMapper"]
+
+
+@KNET_MAPPER_REGISTRY.register_as("knet_instance")
+class KNetInstanceDatasetMapper:
+    """Map a COCO instance record (``load_coco_json``: ``annotations`` with ``segmentation``, contiguous
+    ``category_id``, ``iscrowd``) to the K-Net data contract.
+
+    Training steps:
+      1. read the image; drop crowd annotations; decode every ``segmentation`` (polygons, RLE,
+         compressed RLE);
+      2. augment the image, transform the masks with the same transforms;
+      3. optionally pad to a fixed size (large-scale-jitter subclass);
+      4. drop instances left without any pixel; ``instances``: ``gt_classes`` int64, ``gt_masks`` bool
+         (N, H, W).
+
+    At test time only the resize of ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` is applied.
+    """
+
+    REQUIRED_METADATA = ("thing_dataset_id_to_contiguous_id",)
+
+    @configurable
+    def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str = "RGB",
+                 pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):
+        """
+        Args:
+            is_train: training (targets) or test mode (image only).
+            augmentations: detectron2 augmentations.
+            image_format: ``INPUT.FORMAT``.
+            pad_size: (h, w) to pad the outputs to after augmentation (None: no padding).
+            image_pad_value: image padding value (scalar or per channel).
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.pad_size = tuple(pad_size) if pad_size is not None else None
+        self.image_pad_value = image_pad_value
+        mode = "training" if is_train else "inference"
+        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations in {mode}: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        if is_train:
+            names = list(cfg.DATASETS.TRAIN)
+            metas = check_dataset_metadata(names, cls.REQUIRED_METADATA, cls.MAPPER_NAME)
+            num_classes = cfg.MODEL.KNET.NUM_CLASSES if hasattr(cfg.MODEL, "KNET") else None
+            check_class_ids(names, metas, "thing_dataset_id_to_contiguous_id", cls.MAPPER_NAME, num_classes)
+        return {"is_train": is_train, "image_format": cfg.INPUT.FORMAT,
+                "augmentations": utils.build_augmentation(cfg, is_train)}
+
+    def __call__(self, dataset_dict):
+        if not self.is_train:
+            return map_test_image(dataset_dict, self.augmentations, self.image_format)
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        h, w = image.shape[:2]
+        annos = [a for a in dataset_dict.pop("annotations", []) if not a.get("iscrowd", 0)]
+        masks = annotations_to_masks(annos, h, w, dataset_dict["file_name"])
+        classes = np.array([a["category_id"] for a in annos], dtype=np.int64)
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        masks = transform_masks(transforms, masks)
+        if self.pad_size is not None:
+            image = pad_to_size(image, self.pad_size, self.image_pad_value)
+            masks = pad_to_size(masks.transpose(1, 2, 0), self.pad_size, False).transpose(2, 0, 1)
+
+        keep = masks.any(axis=(1, 2))
+        instances = Instances(image.shape[:2])
+        instances.gt_classes = torch.as_tensor(classes[keep], dtype=torch.int64)
+        instances.gt_masks = torch.as_tensor(masks[keep], dtype=torch.bool)
+        dataset_dict["image"] = image_to_tensor(image)
+        dataset_dict["instances"] = instances
+        return dataset_dict

@@ -1,0 +1,53 @@
+"""``knet_panoptic_lsj``: the COCO panoptic mapper with large-scale jitter.
+
+Flip, ``ResizeScale(MIN_SCALE..MAX_SCALE)`` of an ``IMAGE_SIZE`` square, ``FixedSizeCrop(IMAGE_SIZE)``, then
+padding to exactly ``IMAGE_SIZE`` x ``IMAGE_SIZE`` (the "new baseline" recipe of Mask2Former's
+``coco_panoptic_new_baseline_dataset_mapper.py``, following Ghiasi et al., "Simple Copy-Paste", CVPR 2021).
+"""
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .panoptic_mapper import KNetPanopticDatasetMapper
+from .registry import KNET_MAPPER_REGISTRY
+
+__all__ = ["KNetPanopticLSJDatasetMapper", "build_lsj_augmentation"]
+
+
+def build_lsj_augmentation(cfg, is_train: bool):
+    """Large-scale jitter in training (flip per ``INPUT.RANDOM_FLIP``, random scale, fixed-size crop without
+    padding: the mapper pads itself); the shortest-edge test resize otherwise."""
+    if not is_train:
+        return utils.build_augmentation(cfg, False)
+    size = cfg.INPUT.IMAGE_SIZE
+    augs = []
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                                 vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
+    augs += [
+        T.ResizeScale(min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE, target_height=size,
+                      target_width=size),
+        T.FixedSizeCrop(crop_size=(size, size), pad=False),
+    ]
+    return augs
+
+
+def lsj_pad_value(cfg):
+    """The image is padded with the pixel mean (rounded), which the model normalises to ~0, like its own
+    padding."""
+    return [int(round(v)) for v in cfg.MODEL.PIXEL_MEAN]
+
+
+@KNET_MAPPER_REGISTRY.register_as("knet_panoptic_lsj")
+class KNetPanopticLSJDatasetMapper(KNetPanopticDatasetMapper):
+    """:class:`KNetPanopticDatasetMapper` with large-scale jitter; training outputs are
+    IMAGE_SIZE x IMAGE_SIZE
+    (padding: image = pixel mean, masks = False, sem_seg = ignore_label)."""
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        ret["augmentations"] = build_lsj_augmentation(cfg, is_train)
+        if is_train:
+            ret["pad_size"] = (cfg.INPUT.IMAGE_SIZE, cfg.INPUT.IMAGE_SIZE)
+            ret["image_pad_value"] = lsj_pad_value(cfg)
+        return ret

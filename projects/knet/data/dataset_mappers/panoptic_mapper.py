@@ -1,0 +1,187 @@
+"""``knet_panoptic``: COCO panoptic records -> every segment (things and stuff) as a mask, plus a semantic
+map.
+
+The recipe of the official K-Net panoptic configs (ZwwWayne/K-Net
+``configs/det/_base_/datasets/coco_panoptic.py`` and ``..._mstrain_3x``): resize the shortest edge
+(``INPUT.MIN_SIZE_TRAIN``/``MAX_SIZE_TRAIN``/``MIN_SIZE_TRAIN_SAMPLING``) and flip (``INPUT.RANDOM_FLIP``).
+"""
+import copy
+import logging
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Instances
+
+from .registry import KNET_MAPPER_REGISTRY
+from .utils import (
+    LabelAugInput,
+    check_class_ids,
+    check_dataset_metadata,
+    image_to_tensor,
+    map_test_image,
+    pad_to_size,
+)
+
+__all__ = ["KNetPanopticDatasetMapper", "panoptic_targets"]
+
+
+def panoptic_targets(
+    segment_index: np.ndarray, classes: np.ndarray, crowd: np.ndarray, ignore_label: int = 255
+):
+    """Targets of one image from its segment-index map.
+
+    Args:
+        segment_index: (H, W) int, 0 = void, k >= 1 = segment k - 1.
+        classes: (K,) contiguous class id of each segment; crowd: (K,) bool (crowd segments are ignored).
+        ignore_label: value of void/crowd pixels in the semantic map.
+
+    Returns:
+        gt_classes (N,) int64 and gt_masks (N, H, W) bool of the non-crowd segments with at least one pixel
+        (in segment order), and sem_seg (H, W) int64.
+    """
+    k = len(classes)
+    sem_lut = np.full(k + 1, ignore_label, dtype=np.int64)
+    sem_lut[1:][~crowd] = classes[~crowd]
+    sem_seg = sem_lut[segment_index]
+    present = np.bincount(segment_index.ravel(), minlength=k + 1)[1:] > 0
+    keep = np.nonzero(present & ~crowd)[0]
+    masks = segment_index[None] == (keep + 1)[:, None, None]
+    return classes[keep].astype(np.int64), masks, sem_seg
+
+
+@KNET_MAPPER_REGISTRY.register_as("knet_panoptic")
+class KNetPanopticDatasetMapper:
+    """Map a COCO panoptic record (``load_coco_panoptic_json``: ``pan_seg_file_name``, ``segments_info`` with
+    contiguous ``category_id``, ``iscrowd``) to the K-Net data contract.
+
+    Training steps:
+      1. read the image (``INPUT.FORMAT``) and the panoptic PNG (id = R + 256 G + 256^2 B), turned into a
+         segment-index map (0 = void);
+      2. augment image and index map together (nearest neighbour for the map, exact for any number of
+         segments);
+      3. optionally pad both to a fixed size (large-scale-jitter subclass);
+      4. ``instances``: one mask per non-crowd segment present, things and stuff, ``gt_classes`` contiguous
+         (things ``0..T-1``, stuff ``T..C-1``); ``sem_seg``: int64, void and crowd pixels = ``ignore_label``.
+
+    At test time only the resize of ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` is applied.
+    """
+
+    REQUIRED_METADATA = (
+        "thing_dataset_id_to_contiguous_id",
+        "stuff_dataset_id_to_contiguous_id",
+        "ignore_label",
+    )
+
+    @configurable
+    def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str = "RGB",
+                 ignore_label: int = 255, pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):
+        """
+        Args:
+            is_train: training (targets) or test mode (image only).
+            augmentations: detectron2 augmentations applied to the image and the segment map.
+            image_format: ``INPUT.FORMAT``.
+            ignore_label: semantic value of void and crowd pixels.
+            pad_size: (h, w) to pad the outputs to after augmentation (None: no padding).
+            image_pad_value: image padding value (scalar or per channel).
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.ignore_label = ignore_label
+        self.pad_size = tuple(pad_size) if pad_size is not None else None
+        self.image_pad_value = image_pad_value
+        mode = "training" if is_train else "inference"
+        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations in {mode}: {augmentations}")
+
+    @classmethod
+    def _check_train_metadata(cls, cfg):
+        names = list(cfg.DATASETS.TRAIN)
+        metas = check_dataset_metadata(names, cls.REQUIRED_METADATA, cls.MAPPER_NAME)
+        num_classes = cfg.MODEL.KNET.NUM_CLASSES if hasattr(cfg.MODEL, "KNET") else None
+        check_class_ids(names, metas, "thing_dataset_id_to_contiguous_id", cls.MAPPER_NAME, num_classes,
+                        things_first=True)
+        check_class_ids(names, metas, "stuff_dataset_id_to_contiguous_id", cls.MAPPER_NAME, num_classes)
+        if hasattr(cfg.MODEL, "KNET"):
+            num_things = len(metas[0].thing_dataset_id_to_contiguous_id)
+            if num_things != cfg.MODEL.KNET.NUM_THING_CLASSES:
+                raise ValueError(
+                    f"Dataset {names[0]!r} has {num_things} thing classes but MODEL.KNET.NUM_THING_CLASSES="
+                    f"{cfg.MODEL.KNET.NUM_THING_CLASSES}; set it to {num_things}."
+                )
+        labels = {names[i]: m.ignore_label for i, m in enumerate(metas)}
+        if len(set(labels.values())) > 1:
+            raise ValueError(f"The training datasets disagree on ignore_label: {labels}")
+        return metas
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = {"is_train": is_train, "image_format": cfg.INPUT.FORMAT,
+               "augmentations": utils.build_augmentation(cfg, is_train)}
+        if is_train:
+            metas = cls._check_train_metadata(cfg)
+            ret["ignore_label"] = metas[0].ignore_label
+        return ret
+
+    def _read_segments(self, dataset_dict):
+        """Panoptic PNG -> (segment index map, classes, crowd flags)."""
+        from panopticapi.utils import rgb2id
+
+        file_name = dataset_dict["pan_seg_file_name"]
+        pan_ids = rgb2id(utils.read_image(file_name, "RGB").astype(np.int64))
+        segments = dataset_dict["segments_info"]
+        ids = np.array([s["id"] for s in segments], dtype=np.int64)
+        classes = np.array([s["category_id"] for s in segments], dtype=np.int64)
+        crowd = np.array([bool(s.get("iscrowd", 0)) for s in segments], dtype=bool)
+        uniq, inverse = np.unique(pan_ids, return_inverse=True)
+        lookup = {int(v): i + 1 for i, v in enumerate(ids)}
+        lut = np.zeros(len(uniq), dtype=np.int32)
+        for j, v in enumerate(uniq.tolist()):
+            if v == 0:
+                continue
+            if v not in lookup:
+                raise ValueError(
+                    f"Panoptic PNG {file_name} contains segment id {v}, which is not listed in the "
+                    f"segments_info of its JSON annotation."
+                )
+            lut[j] = lookup[v]
+        index = lut[inverse.reshape(pan_ids.shape)]
+        if len(segments) < 255:
+            index = index.astype(np.uint8)
+        return index, classes, crowd
+
+    def __call__(self, dataset_dict):
+        if not self.is_train:
+            return map_test_image(dataset_dict, self.augmentations, self.image_format)
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        if "pan_seg_file_name" not in dataset_dict or "segments_info" not in dataset_dict:
+            raise ValueError(
+                f"Record of {dataset_dict['file_name']} has no 'pan_seg_file_name'/'segments_info': "
+                f"the {self.MAPPER_NAME!r} mapper needs COCO panoptic records."
+            )
+        index, classes, crowd = self._read_segments(dataset_dict)
+        if index.shape != image.shape[:2]:
+            raise ValueError(f"Panoptic PNG {dataset_dict['pan_seg_file_name']} is {index.shape}, its image "
+                             f"{image.shape[:2]}")
+
+        aug_input = LabelAugInput(image, sem_seg=index)
+        self.augmentations(aug_input)
+        image, index = aug_input.image, aug_input.sem_seg
+        if self.pad_size is not None:
+            image = pad_to_size(image, self.pad_size, self.image_pad_value)
+            index = pad_to_size(index, self.pad_size, 0)
+
+        gt_classes, gt_masks, sem_seg = panoptic_targets(index, classes, crowd, self.ignore_label)
+        instances = Instances(image.shape[:2])
+        instances.gt_classes = torch.as_tensor(gt_classes, dtype=torch.int64)
+        instances.gt_masks = torch.as_tensor(gt_masks, dtype=torch.bool)
+        dataset_dict["image"] = image_to_tensor(image)
+        dataset_dict["instances"] = instances
+        dataset_dict["sem_seg"] = torch.as_tensor(sem_seg, dtype=torch.int64)
+        dataset_dict.pop("annotations", None)
+        return dataset_dict

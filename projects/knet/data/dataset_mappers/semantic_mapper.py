@@ -1,0 +1,148 @@
+"""``knet_semantic``: semantic records -> an int64 label map, with mmsegmentation's ADE20K training recipe.
+
+Recipe of the K-Net semantic configs (mmsegmentation ``configs/_base_/datasets/ade20k.py``, used by
+``configs/knet/knet_s3_*_ade20k-512x512.py``): resize by a random ratio in ``RATIO_RANGE`` of ``SCALE``
+keeping the aspect ratio, random crop ``CROP_SIZE`` in which no class covers more than ``CAT_MAX_RATIO``
+(detectron2's ``RandomCrop_CategoryAreaConstraint``, 10 tries), flip, photometric distortion, pad to
+``CROP_SIZE``.
+"""
+import copy
+import logging
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .augmentations import PhotometricDistortion, RatioRangeResize
+from .registry import KNET_MAPPER_REGISTRY
+from .utils import (
+    LabelAugInput,
+    check_dataset_metadata,
+    image_to_tensor,
+    map_test_image,
+    pad_to_size,
+    read_label_map,
+)
+
+__all__ = ["KNetSemanticDatasetMapper", "build_semantic_augmentation"]
+
+
+def build_semantic_augmentation(cfg, is_train: bool, ignore_label: int = 255) -> List:
+    """The mmseg ADE20K training augmentations from ``INPUT.SEMANTIC.*``; the shortest-edge resize at test
+    time."""
+    if not is_train:
+        return utils.build_augmentation(cfg, False)
+    sem = cfg.INPUT.SEMANTIC
+    crop = sem.CROP_SIZE
+    crop = tuple(crop) if isinstance(crop, (list, tuple)) else (crop, crop)
+    augs = [
+        RatioRangeResize(tuple(sem.SCALE), tuple(sem.RATIO_RANGE)),
+        T.RandomCrop_CategoryAreaConstraint("absolute", crop, sem.CAT_MAX_RATIO, ignore_label),
+    ]
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                                 vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
+    if sem.PHOTOMETRIC:
+        augs.append(PhotometricDistortion(image_format=cfg.INPUT.FORMAT))
+    return augs
+
+
+@KNET_MAPPER_REGISTRY.register_as("knet_semantic")
+class KNetSemanticDatasetMapper:
+    """Map a semantic record (``file_name``, ``sem_seg_file_name``: a label PNG of contiguous ids, ignore
+    value ``ignore_label``) to ``image`` + ``sem_seg`` (int64 (H, W), padding = ``ignore_label``).
+
+    Training steps: read image and labels (8- or 16-bit PNG); the augmentations above on both (labels with
+    exact nearest neighbour); pad image (pixel mean) and labels (``ignore_label``) to ``crop_size``; check
+    that every
+    label is a class id below ``num_classes`` or the ignore value. At test time only the shortest-edge resize.
+    """
+
+    REQUIRED_METADATA = ("ignore_label", "stuff_classes")
+
+    @configurable
+    def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str = "RGB",
+                 ignore_label: int = 255, crop_size: Optional[Tuple[int, int]] = None, image_pad_value=0,
+                 num_classes: Optional[int] = None):
+        """
+        Args:
+            is_train: training (targets) or test mode (image only).
+            augmentations: detectron2 augmentations applied to image and labels.
+            image_format: ``INPUT.FORMAT``.
+            ignore_label: the label value to ignore, also used to pad the labels.
+            crop_size: (h, w) to pad the outputs to (None: no padding).
+            image_pad_value: image padding (scalar or per channel); the pixel mean from the config mimics
+                mmseg's zero padding after normalisation.
+            num_classes: if given, labels other than ``0..num_classes-1`` and ``ignore_label`` are an error.
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.ignore_label = ignore_label
+        self.crop_size = tuple(crop_size) if crop_size is not None else None
+        self.image_pad_value = image_pad_value
+        self.num_classes = num_classes
+        mode = "training" if is_train else "inference"
+        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations in {mode}: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = {"is_train": is_train, "image_format": cfg.INPUT.FORMAT}
+        ignore_label = 255
+        if is_train:
+            names = list(cfg.DATASETS.TRAIN)
+            metas = check_dataset_metadata(names, cls.REQUIRED_METADATA, cls.MAPPER_NAME)
+            labels = {n: m.ignore_label for n, m in zip(names, metas)}
+            if len(set(labels.values())) > 1:
+                raise ValueError(f"The training datasets disagree on ignore_label: {labels}")
+            ignore_label = metas[0].ignore_label
+            num_classes = len(metas[0].stuff_classes)
+            if hasattr(cfg.MODEL, "KNET") and num_classes > cfg.MODEL.KNET.NUM_CLASSES:
+                raise ValueError(f"Dataset {names[0]!r} has {num_classes} classes (stuff_classes) but "
+                                 f"MODEL.KNET.NUM_CLASSES={cfg.MODEL.KNET.NUM_CLASSES}.")
+            sem = cfg.INPUT.SEMANTIC
+            crop = sem.CROP_SIZE
+            ret.update(
+                ignore_label=ignore_label, num_classes=num_classes,
+                crop_size=tuple(crop) if isinstance(crop, (list, tuple)) else (crop, crop),
+                image_pad_value=[int(round(v)) for v in cfg.MODEL.PIXEL_MEAN],
+            )
+        ret["augmentations"] = build_semantic_augmentation(cfg, is_train, ignore_label)
+        return ret
+
+    def __call__(self, dataset_dict):
+        if not self.is_train:
+            return map_test_image(dataset_dict, self.augmentations, self.image_format)
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        if "sem_seg_file_name" not in dataset_dict:
+            raise ValueError(f"Record of {dataset_dict['file_name']} has no 'sem_seg_file_name': the "
+                             f"{self.MAPPER_NAME!r} mapper needs semantic label files.")
+        label_file = dataset_dict.pop("sem_seg_file_name")
+        label = read_label_map(label_file)
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"Label file {label_file} is {label.shape}, its image {image.shape[:2]}")
+        if self.num_classes is not None:
+            values = np.unique(label)
+            bad = values[(values != self.ignore_label) & ((values < 0) | (values >= self.num_classes))]
+            if len(bad):
+                raise ValueError(f"Label file {label_file} contains {bad[:10].tolist()}, outside the "
+                                 f"{self.num_classes} classes 0..{self.num_classes - 1} and the ignore value "
+                                 f"{self.ignore_label}.")
+
+        aug_input = LabelAugInput(image, sem_seg=label)
+        self.augmentations(aug_input)
+        image, label = aug_input.image, aug_input.sem_seg
+        if self.crop_size is not None:
+            size = (max(self.crop_size[0], image.shape[0]), max(self.crop_size[1], image.shape[1]))
+            image = pad_to_size(image, size, self.image_pad_value)
+            label = pad_to_size(label, size, self.ignore_label)
+
+        dataset_dict["image"] = image_to_tensor(image)
+        dataset_dict["sem_seg"] = torch.as_tensor(label.astype(np.int64))
+        dataset_dict.pop("annotations", None)
+        return dataset_dict
