@@ -1,0 +1,181 @@
+"""``Trainer``: detectron2's ``DefaultTrainer`` with K-Net's builders.
+
+Differences from ``DefaultTrainer`` (detectron2 v0.6, ``detectron2/engine/defaults.py``):
+
+* model, optimizer, mappers, evaluators and checkpointer come from the package (``build_knet_optimizer``,
+  ``KNET_MAPPER_REGISTRY``, ``knet.evaluation.build_evaluator``, ``KNetCheckpointer``);
+* ``DistributedDataParallel`` also wraps CPU models (``device_ids=None``), so ``--num-gpus N`` on a machine
+  without GPU trains with N CPU processes (gloo);
+* ``SOLVER.AMP.ENABLED`` uses :class:`KNetAMPTrainer` (float16 on CUDA, bfloat16 on CPU);
+* checkpoints hold the optimizer (and grad-scaler) state and the random generators' states, which v0.6's
+  ``DefaultTrainer`` leaves out, and the training data loader restarts at the resumed iteration
+  (:mod:`knet.engine.train_loader`): a resumed run ends with the weights of an uninterrupted one;
+* ``test_with_TTA`` uses the semantic TTA wrapper for semantic datasets and evaluates the others without TTA.
+"""
+import logging
+import os
+import random
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint.checkpointer import KNetCheckpointer
+from ..data.dataset_mappers.registry import build_mapper
+from ..evaluation.build import build_evaluator, resolve_evaluator_type
+from ..test_time_augmentation import KNetSemanticTTA
+from .optimizer import build_knet_optimizer
+from .setup import check_dataset_metadata
+from .train_loader import build_knet_train_loader
+from .train_loop import KNetAMPTrainer, model_device_type
+
+__all__ = ["Trainer", "create_knet_ddp_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_knet_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """detectron2's ``create_ddp_model`` (the model itself when there is one process), with
+    ``device_ids=None`` for CPU models (v0.6 passes ``[local_rank]``, which CPU modules reject)."""
+    if comm.get_world_size() > 1 and model_device_type(model) != "cuda":
+        kwargs["device_ids"] = None
+    return create_ddp_model(model, **kwargs)
+
+
+def _rng_state() -> dict:
+    """The global generators' states as tensors/ints (loadable by ``torch.load(weights_only=True)``)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+
+
+class Trainer(DefaultTrainer):
+    """K-Net trainer (see the module docstring). Use as ``DefaultTrainer``::
+
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        check_dataset_metadata(cfg)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_knet_ddp_model(model, broadcast_buffers=False)
+        loop_cls = KNetAMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = loop_cls(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = KNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    # ---------------------------------------------------------------- resume
+    def resume_or_load(self, resume=True):
+        """As ``DefaultTrainer.resume_or_load``; when resuming at iteration ``i > 0`` the training loader is
+        rebuilt to start at the data of iteration ``i``."""
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            self._trainer.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+            self._trainer._data_loader_iter = iter(self._trainer.data_loader)
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        ret["rng"] = _rng_state()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        if "rng" in state_dict:
+            _set_rng_state(state_dict["rng"])
+
+    # ---------------------------------------------------------------- builders
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        n_params = sum(p.numel() for p in model.parameters())
+        logging.getLogger(__name__).info(f"Model ({n_params / 1e6:.2f} M parameters):\n{model}")
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_knet_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        """The K-Net mapper (``INPUT.DATASET_MAPPER_NAME``) over ``DATASETS.TRAIN``, starting at the data of
+        iteration ``start_iter``. The dicts are loaded before the mapper is built, as detectron2 does (its
+        loaders complete some metadata the mappers read)."""
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        return build_knet_train_loader(cfg, build_mapper(cfg, True), start_iter=start_iter, dataset=dicts)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate ``DATASETS.TEST`` with test-time augmentation (``TEST.AUG``). Only semantic segmentation
+        has a TTA (``knet.test_time_augmentation.KNetSemanticTTA``: multi-scale + flip, logits averaged);
+        panoptic and instance datasets are evaluated without it (logged). Result keys get a ``_TTA`` suffix
+        for the datasets that used TTA."""
+        results = OrderedDict()
+        for name in cfg.DATASETS.TEST:
+            if resolve_evaluator_type(name) == "sem_seg":
+                logger.info(f"Running inference with test-time augmentation on '{name}' ...")
+                tta_model = KNetSemanticTTA(cfg, model)
+                evaluator = cls.build_evaluator(
+                    cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+                )
+                res = cls._test_one(cfg, tta_model, name, evaluator)
+                results.update((k + "_TTA", v) for k, v in res.items())
+            else:
+                logger.warning(
+                    f"Test-time augmentation is only supported for semantic segmentation; '{name}' "
+                    f"(evaluator_type '{resolve_evaluator_type(name)}') is evaluated without it."
+                )
+                results.update(cls._test_one(cfg, model, name, cls.build_evaluator(cfg, name)))
+        return results
+
+    @classmethod
+    def _test_one(cls, cfg, model, dataset_name, evaluator):
+        """``DefaultTrainer.test`` on one dataset of a cloned config; returns ``{task: metrics}``."""
+        one = cfg.clone()
+        one.defrost()
+        one.DATASETS.TEST = (dataset_name,)
+        res = cls.test(one, model, [evaluator])
+        return res if isinstance(res, dict) else {}
