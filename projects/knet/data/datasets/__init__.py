@@ -15,3 +15,4 @@ from .synthetic import (  # noqa: F401
 
 register_all_knet_synthetic()
 from . import register_ade20k  # noqa: F401,E402  (ADE20K-150 semantic: ade20k_sem_seg_{train,val})
+from .register_coco_panoptic import register_knet_coco_panoptic  # noqa: F401,E402  (COCO panoptic)
