@@ -11,10 +11,10 @@ def add_knet_config(cfg):
     if hasattr(cfg.MODEL, "KNET"):
         return cfg
     _add_model_config(cfg)
-    _add_semantic_config(cfg)
     _add_data_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+    _add_semantic_config(cfg)  # last: it adds keys to MODEL.KNET.TEST and TEST.AUG
     return cfg
 
 
@@ -35,6 +35,7 @@ def _add_model_config(cfg):
     k.DROPOUT = 0.0  # dropout in attention and FFN
     k.HARD_MASK_THRESHOLD = 0.5  # sigmoid threshold of the masks used for group feature assembling
     k.MASK_UPSAMPLE_STRIDE = 2  # stride-8 masks are upsampled by this factor for matching, losses, output
+    k.CONV_KERNEL_SIZE = 1  # K of the dynamic K x K kernels (1 in every released config)
 
     k.PIXEL_DECODER = CN()
     k.PIXEL_DECODER.NAME = "KNetSemanticFPN"  # registered in KNET_PIXEL_DECODER_REGISTRY
@@ -44,6 +45,9 @@ def _add_model_config(cfg):
 
     k.KERNEL_HEAD = CN()
     k.KERNEL_HEAD.NAME = "KNetKernelHead"  # registered in KNET_KERNEL_HEAD_REGISTRY
+    k.KERNEL_HEAD.NUM_LOC_CONVS = 1  # 1x1 conv-GN-ReLU layers on the localization feature
+    k.KERNEL_HEAD.NUM_SEG_CONVS = 1  # 1x1 conv-GN-ReLU layers on the semantic feature
+    k.KERNEL_HEAD.NORM = "GN"  # norm of those convs (GroupNorm(32) officially)
 
     k.LOSS = CN()
     k.LOSS.CLS_WEIGHT = 2.0  # sigmoid focal classification loss weight (per stage)
@@ -66,6 +70,36 @@ def _add_semantic_config(cfg):
     k.SEMANTIC = CN()
     k.SEMANTIC.AUX_LOSS_WEIGHT = 0.4  # weight of the auxiliary FCN head's cross-entropy (0 disables the head)
     k.SEMANTIC.CE_WEIGHT = 1.0  # cross-entropy weight of each of the 4 logit maps
+    k.SEMANTIC.DROPOUT = 0.1  # Dropout2d ratio before conv_seg (generating and auxiliary heads)
+    k.SEMANTIC.FCN_NUM_CONVS = 2  # KNetFCNHead: number of 3x3 convs
+    k.SEMANTIC.FCN_KERNEL_SIZE = 3  # KNetFCNHead: kernel size of those convs
+    k.SEMANTIC.FCN_CONCAT_INPUT = True  # KNetFCNHead: conv_cat over [input, convs(input)]
+    k.SEMANTIC.POOL_SCALES = [1, 2, 3, 6]  # KNetPSPHead / KNetUPerHead: pyramid pooling bins
+    k.SEMANTIC.ASPP_DILATIONS = [1, 12, 24, 36]  # KNetASPPHead: dilations of the ASPP branches
+    k.SEMANTIC.AUX_IN_FEATURE = "res4"  # backbone feature read by the auxiliary FCN head
+    k.SEMANTIC.AUX_CHANNELS = 256  # channels of the auxiliary FCN head
+    k.SEMANTIC.AUX_NUM_CONVS = 1  # convs of the auxiliary FCN head (no concat_input)
+
+    k.RESNET_V1C = CN()
+    k.RESNET_V1C.OUT_STRIDE = 8  # 8: dilated (strides 1,2,1,1, dilations 1,1,2,4); 32: undilated (UPerNet)
+    k.RESNET_V1C.CONTRACT_DILATION = True  # first block of a dilated stage uses half the dilation (mmseg)
+
+    k.SWIN = CN()  # build_knet_swin_backbone: dense-prediction Swin, outputs MODEL.RESNETS.OUT_FEATURES
+    k.SWIN.EMBED_DIM = 96  # channels of res2 (96 Swin-T, 192 Swin-L); doubled at every stage
+    k.SWIN.DEPTHS = [2, 2, 6, 2]  # blocks per stage ([2, 2, 18, 2] for Swin-L)
+    k.SWIN.NUM_HEADS = [3, 6, 12, 24]  # attention heads per stage ([6, 12, 24, 48] for Swin-L)
+    k.SWIN.WINDOW_SIZE = 7  # attention window (tokens per side)
+    k.SWIN.MLP_RATIO = 4.0  # hidden width of the block MLPs, relative to the stage width
+    k.SWIN.QKV_BIAS = True  # bias of the qkv projection
+    k.SWIN.DROP_PATH_RATE = 0.3  # stochastic depth, linear over all blocks (0.4 for the Swin-L 640 model)
+    k.SWIN.PATCH_NORM = True  # LayerNorm after the 4x4 patch embedding
+
+    t = k.TEST
+    t.SEMANTIC_MODE = "whole"  # semantic inference: "whole" image or "slide" (sliding window)
+    t.SLIDE_CROP_SIZE = [512, 512]  # sliding window (h, w); images smaller than it are run whole
+    t.SLIDE_STRIDE = [341, 341]  # sliding window stride (h, w); overlaps are averaged (logits)
+    # KNetSemanticTTA scales (INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST) by each ratio; TEST.AUG.FLIP: flips
+    cfg.TEST.AUG.RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # semantic TTA scale ratios (mmseg ms+flip)
 
 
 def _add_data_config(cfg):
@@ -75,6 +109,13 @@ def _add_data_config(cfg):
     cfg.INPUT.IMAGE_SIZE = 1024  # large-scale-jitter mappers: output crop size
     cfg.INPUT.MIN_SCALE = 0.1  # large-scale-jitter mappers: smallest scale
     cfg.INPUT.MAX_SCALE = 2.0  # large-scale-jitter mappers: largest scale
+    # knet_semantic mapper: the mmseg ADE20K recipe (resize by a random ratio, crop, flip, photometric, pad)
+    cfg.INPUT.SEMANTIC = CN()
+    cfg.INPUT.SEMANTIC.SCALE = (2048, 512)  # (long, short) edge limits of the resize, before the ratio
+    cfg.INPUT.SEMANTIC.RATIO_RANGE = (0.5, 2.0)  # SCALE is multiplied by r ~ U[low, high] (keeps the aspect)
+    cfg.INPUT.SEMANTIC.CROP_SIZE = (512, 512)  # (h, w) random crop; smaller images are padded up to it
+    cfg.INPUT.SEMANTIC.CAT_MAX_RATIO = 0.75  # a crop may be covered by one class at most this much (1.0: off)
+    cfg.INPUT.SEMANTIC.PHOTOMETRIC = True  # mmseg PhotoMetricDistortion (brightness/contrast/saturation/hue)
 
 
 def _add_solver_config(cfg):
@@ -94,3 +135,6 @@ def _add_test_config(cfg):
     t.INSTANCE_SCORE_THRESHOLD = 0.0  # instance output: drop detections scoring below this
     t.PANOPTIC_THING_SCORE_THRESHOLD = 0.3  # panoptic: things need at least this class score
     t.OVERLAP_THRESHOLD = 0.6  # panoptic: keep a segment if this fraction of its mask survives the argmax
+    # panoptic: True upsamples the kept segments' score x probability maps and takes the argmax (smoother
+    # borders, closer to the official code, slower) instead of bringing the kept segments up as bool
+    t.SOFT_BOUNDARIES = False  # panoptic: smooth segment borders (see above); False = bool upsampling (fast)

@@ -1,0 +1,131 @@
+"""ResNet + FPN (P2-P5) backbone with the settings of the official K-Net det models.
+
+Reference: ``ZwwWayne/K-Net:configs/det/_base_/models/knet_s3_r50_fpn*.py`` (knet_spec §1.1): mmdet
+``ResNet(style='pytorch', frozen_stages=1, norm_cfg=BN(requires_grad=True), norm_eval=True)`` and
+``FPN(start_level=0, add_extra_convs='on_input', num_outs=4)``, i.e. no P6. Built from detectron2's own
+``ResNet`` and ``FPN`` so the state-dict names are detectron2's.
+
+Config: ``MODEL.BACKBONE.NAME: build_knet_resnet_fpn_backbone``, ``MODEL.RESNETS.DEPTH`` (18/34/50/101/152),
+``MODEL.RESNETS.STRIDE_IN_1X1: False`` (torchvision weights), ``MODEL.BACKBONE.FREEZE_AT: 2`` (stem + res2),
+``MODEL.RESNETS.NORM: "KNetFrozenStatsBN"`` (batch statistics frozen, affine trainable) and
+``MODEL.RESNETS.DEFORM_ON_PER_STAGE: [False, True, True, True]`` for the DCN models.
+"""
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.fpn import FPN
+from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet, build_resnet_backbone
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["FrozenStatsBatchNorm2d", "build_knet_resnet_fpn_backbone", "FROZEN_STATS_BN"]
+
+FROZEN_STATS_BN = "KNetFrozenStatsBN"  # value of MODEL.RESNETS.NORM selecting FrozenStatsBatchNorm2d
+
+
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with its running statistics (never updates them), while its affine
+    weight and bias stay trainable: mmdet's ``norm_eval=True`` with ``requires_grad=True``, independent of
+    ``model.train()``. Has no ``num_batches_tracked`` buffer (dropped when loading)."""
+
+    _version = 2
+
+    def __init__(self, num_features, eps=1e-5):
+        super().__init__(num_features, eps=eps)
+        self.num_batches_tracked = None  # never counted
+
+    def forward(self, x):
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+        )
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        nn.Module._load_from_state_dict(
+            self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """Replace every plain ``nn.BatchNorm2d`` in ``module`` (in place where possible) by this class,
+        copying its parameters and statistics. Frozen (``FrozenBatchNorm2d``) layers are left alone."""
+        if type(module) is nn.BatchNorm2d:
+            new = cls(module.num_features, eps=module.eps)
+            with torch.no_grad():
+                new.weight.copy_(module.weight)
+                new.bias.copy_(module.bias)
+                new.running_mean.copy_(module.running_mean)
+                new.running_var.copy_(module.running_var)
+            return new
+        for name, child in module.named_children():
+            new_child = cls.convert(child)
+            if new_child is not child:
+                setattr(module, name, new_child)
+        return module
+
+
+def _check_deformable(cfg):
+    if not any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
+        return
+    try:
+        import detectron2._C  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(
+            "MODEL.RESNETS.DEFORM_ON_PER_STAGE = {} asks for deformable convolutions, which need "
+            "detectron2's compiled C++/CUDA ops, but this detectron2 was installed without them ({}). Build "
+            "detectron2 from source with its ops "
+            "(https://detectron2.readthedocs.io/en/latest/tutorials/install.html), or use "
+            "a config without DCN (set MODEL.RESNETS.DEFORM_ON_PER_STAGE to all False).".format(
+                list(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE), e
+            )
+        ) from e
+
+
+def _build_narrow_basic_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
+    """ResNet-18/34 whose ``MODEL.RESNETS.RES2_OUT_CHANNELS`` is not 64 (detectron2's builder insists on 64).
+    Used by the CPU-sized synthetic configs; the stages are detectron2's ``BasicBlock`` stages."""
+    r = cfg.MODEL.RESNETS
+    blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[r.DEPTH]
+    stem = BasicStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm=r.NORM)
+    stages, in_ch, out_ch = [], r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS
+    for i, n in enumerate(blocks):
+        first_stride = 1 if i == 0 else 2
+        stages.append(ResNet.make_stage(BasicBlock, n, stride_per_block=[first_stride] + [1] * (n - 1),
+                                        in_channels=in_ch, out_channels=out_ch, norm=r.NORM))
+        in_ch, out_ch = out_ch, out_ch * 2
+    return ResNet(stem, stages, out_features=r.OUT_FEATURES).freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+@BACKBONE_REGISTRY.register()
+def build_knet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """detectron2 ResNet (bottom_up) + FPN over ``MODEL.FPN.IN_FEATURES`` with **no** top block (outputs
+    p2-p5 for res2-res5). With ``MODEL.RESNETS.NORM = "KNetFrozenStatsBN"`` the not-frozen stages use
+    :class:`FrozenStatsBatchNorm2d`; any other value is passed to detectron2 unchanged. The FPN convs are
+    initialised xavier-uniform with zero bias (mmdet's FPN default)."""
+    _check_deformable(cfg)
+    frozen_stats = cfg.MODEL.RESNETS.NORM == FROZEN_STATS_BN
+    if frozen_stats:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.RESNETS.NORM = "BN"  # built as BN, converted below after the frozen stages took FrozenBN
+    narrow = cfg.MODEL.RESNETS.DEPTH in (18, 34) and cfg.MODEL.RESNETS.RES2_OUT_CHANNELS != 64
+    bottom_up = (_build_narrow_basic_resnet if narrow else build_resnet_backbone)(cfg, input_shape)
+    if frozen_stats:
+        FrozenStatsBatchNorm2d.convert(bottom_up)
+    backbone = FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=None,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+    for name, m in backbone.named_modules():
+        if name.startswith("fpn_") and isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return backbone

@@ -1,0 +1,275 @@
+"""The K-Net meta-architecture (Zhang et al., "K-Net: Towards Unified Image Segmentation", NeurIPS 2021).
+
+backbone -> pixel decoder -> kernel head (initial kernels + update stages) -> criterion (training) or
+post-processing (inference). Reference: ``ZwwWayne/K-Net:knet/det/knet.py`` (``KNet``, a mmdet two-stage
+detector with the kernel head as "rpn_head" and the update stages as "roi_head").
+
+Semantic seam: a kernel head whose class sets ``is_semantic = True`` (the ADE20K models) is run by
+:func:`knet.modeling.semantic_forward.semantic_forward`, which gets the model's modules and returns the loss
+dict in training and the list of per-image outputs at inference. No criterion is built here for such heads
+(``model.criterion`` is None).
+"""
+
+import math
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.structures import ImageList
+from torch import nn
+
+from .criterion import KNetCriterion, prepare_targets
+from .postprocessing import instance_inference, panoptic_inference, semantic_inference
+from .registry import build_kernel_head, build_pixel_decoder
+from .semantic_forward import semantic_forward
+
+__all__ = ["KNet", "check_dataset_metadata"]
+
+
+def _num_thing_classes(meta):
+    """Thing classes of a dataset: ``thing_dataset_id_to_contiguous_id`` when present (detectron2's standard
+    panoptic metadata lists all classes in ``thing_classes``), else ``thing_classes``; None if neither."""
+    mapping = meta.get("thing_dataset_id_to_contiguous_id", None)
+    if mapping is not None:
+        return len(mapping)
+    classes = meta.get("thing_classes", None)
+    return None if classes is None else len(classes)
+
+
+def _num_classes(meta):
+    """All classes of a panoptic / semantic dataset: ``stuff_classes`` (for panoptic datasets detectron2 lists
+    every class there, things first), else ``stuff_dataset_id_to_contiguous_id``; None if neither."""
+    classes = meta.get("stuff_classes", None)
+    if classes is not None:
+        return len(classes)
+    mapping = meta.get("stuff_dataset_id_to_contiguous_id", None)
+    return None if mapping is None else len(mapping)
+
+
+def check_dataset_metadata(cfg, semantic: bool = False) -> None:
+    """Fail early when a registered dataset of ``DATASETS.TRAIN``/``DATASETS.TEST`` disagrees with the model's
+    class counts (datasets that are not registered, or have no class metadata, are skipped).
+
+    * instance and panoptic models: the dataset's thing classes == ``MODEL.KNET.NUM_THING_CLASSES``;
+    * panoptic (``NUM_CLASSES > NUM_THING_CLASSES``) and semantic models, and any model on a panoptic dataset
+      (metadata ``panoptic_json``): its classes (``stuff_classes``) == ``MODEL.KNET.NUM_CLASSES``.
+    """
+    k = cfg.MODEL.KNET
+    registered = set(DatasetCatalog.list())
+    panoptic = k.NUM_CLASSES > k.NUM_THING_CLASSES
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS.get(key, ()):
+            if name not in registered:
+                continue
+            meta = MetadataCatalog.get(name)
+            things = None if semantic else _num_thing_classes(meta)
+            if things is not None and things != k.NUM_THING_CLASSES:
+                raise ValueError(
+                    f"MODEL.KNET.NUM_THING_CLASSES = {k.NUM_THING_CLASSES}, but dataset '{name}' "
+                    f"(DATASETS.{key}) has {things} thing classes in its metadata; set "
+                    f"MODEL.KNET.NUM_THING_CLASSES to {things}."
+                )
+            panoptic_data = meta.get("panoptic_json", None) is not None
+            total = _num_classes(meta) if (semantic or panoptic or panoptic_data) else None
+            if total is not None and total != k.NUM_CLASSES:
+                raise ValueError(
+                    f"MODEL.KNET.NUM_CLASSES = {k.NUM_CLASSES}, but dataset '{name}' (DATASETS.{key}) has "
+                    f"{total} classes (stuff_classes; for panoptic datasets it lists all classes, things "
+                    "first) "
+                    f"in its metadata; set MODEL.KNET.NUM_CLASSES to {total}."
+                )
+
+
+@META_ARCH_REGISTRY.register()
+class KNet(nn.Module):
+    """K-Net for instance, panoptic (and, through the semantic seam, semantic) segmentation.
+
+    Training returns the loss dict of :class:`KNetCriterion`. Inference returns, per image and at its
+    original ``height``/``width``: ``"panoptic_seg"`` (int32 id map, segments_info), ``"instances"``
+    (``pred_masks`` bool, ``scores``, ``pred_classes``, ``pred_boxes``) and ``"sem_seg"`` (C, H, W), each
+    switched on by ``MODEL.KNET.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        pixel_decoder: nn.Module,
+        kernel_head: nn.Module,
+        criterion: nn.Module,
+        pixel_mean,
+        pixel_std,
+        size_divisibility: int = 32,
+        panoptic_on: bool = True,
+        instance_on: bool = False,
+        semantic_on: bool = False,
+        test_cfg: Dict = None,
+    ):
+        """
+        Args:
+            backbone: a detectron2 ``Backbone``.
+            pixel_decoder: maps the backbone features to {"loc_feat", "sem_feat"}.
+            kernel_head: e.g. :class:`KNetKernelHead`.
+            criterion: :class:`KNetCriterion` (None for semantic kernel heads).
+            pixel_mean, pixel_std: per-channel normalisation of the input images (in the input format).
+            size_divisibility: the batch is padded to a multiple of this.
+            panoptic_on, instance_on, semantic_on: which outputs inference produces.
+            test_cfg: post-processing options: "max_per_image", "mask_threshold", "instance_score_threshold",
+                "thing_score_threshold", "overlap_threshold", "soft_boundaries".
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.kernel_head = kernel_head
+        self.criterion = criterion
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in (pixel_mean, pixel_std))
+        self.register_buffer("pixel_mean", mean, False)
+        self.register_buffer("pixel_std", std, False)
+        self.size_divisibility = size_divisibility
+        self.panoptic_on = panoptic_on
+        self.instance_on = instance_on
+        self.semantic_on = semantic_on
+        self.test_cfg = dict(test_cfg or {})
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        pixel_decoder = build_pixel_decoder(cfg, backbone.output_shape())
+        kernel_head = build_kernel_head(cfg)
+        semantic = bool(getattr(kernel_head, "is_semantic", False))
+        check_dataset_metadata(cfg, semantic=semantic)
+        k = cfg.MODEL.KNET
+        if not semantic and k.PIXEL_DECODER.CONV_DIM != k.HIDDEN_DIM:
+            raise ValueError(
+                f"MODEL.KNET.PIXEL_DECODER.CONV_DIM ({k.PIXEL_DECODER.CONV_DIM}) must equal "
+                f"MODEL.KNET.HIDDEN_DIM ({k.HIDDEN_DIM}): the kernels convolve the pixel decoder's features"
+            )
+        size_div = max(getattr(backbone, "size_divisibility", 0), 1)
+        if cfg.INPUT.SIZE_DIVISIBILITY > 0:
+            size_div = math.lcm(size_div, cfg.INPUT.SIZE_DIVISIBILITY)
+        t = k.TEST
+        return {
+            "backbone": backbone,
+            "pixel_decoder": pixel_decoder,
+            "kernel_head": kernel_head,
+            "criterion": None if semantic else KNetCriterion(cfg),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "size_divisibility": size_div,
+            "panoptic_on": t.PANOPTIC_ON,
+            "instance_on": t.INSTANCE_ON,
+            "semantic_on": t.SEMANTIC_ON,
+            "test_cfg": {
+                "max_per_image": t.MAX_PER_IMAGE,
+                "mask_threshold": t.MASK_THRESHOLD,
+                "instance_score_threshold": t.INSTANCE_SCORE_THRESHOLD,
+                "thing_score_threshold": t.PANOPTIC_THING_SCORE_THRESHOLD,
+                "overlap_threshold": t.OVERLAP_THRESHOLD,
+                "soft_boundaries": t.SOFT_BOUNDARIES,
+            },
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise ``image`` (uint8 (3, H, W) in ``INPUT.FORMAT``) and pad the batch with 0 (after
+        normalisation, as mmdet's Normalize-then-Pad) to a multiple of ``size_divisibility``."""
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: detectron2 dicts (docs/architecture.md): ``image``; ``instances`` in training;
+                ``height``/``width`` (output size) at inference.
+
+        Returns:
+            training: dict of weighted losses; inference: one dict per image (see the class docstring).
+        """
+        if getattr(self.kernel_head, "is_semantic", False):
+            return semantic_forward(
+                batched_inputs,
+                backbone=self.backbone,
+                pixel_decoder=self.pixel_decoder,
+                kernel_head=self.kernel_head,
+                pixel_mean=self.pixel_mean,
+                pixel_std=self.pixel_std,
+                size_divisibility=self.size_divisibility,
+            )
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        outputs = self.kernel_head(self.pixel_decoder(features))
+        if self.training:
+            if any("instances" not in x for x in batched_inputs):
+                raise ValueError(
+                    "KNet training needs 'instances' in every input dict (see docs/architecture.md)"
+                )
+            gt = [x["instances"].to(self.device) for x in batched_inputs]
+            targets = prepare_targets(
+                gt,
+                images.tensor.shape[-2:],
+                outputs["init_masks"].shape[-2:],
+                self.kernel_head.num_thing_classes,
+                self.kernel_head.panoptic,
+            )
+            return self.criterion(outputs, targets)
+        return self.inference(outputs["stages"][-1], images, batched_inputs)
+
+    def inference(self, last_stage: Dict[str, torch.Tensor], images: ImageList, batched_inputs: List[Dict]):
+        """Post-process the last stage's class logits (B, N, C) and stride-4 mask logits (B, N, h, w), in
+        float32 (autocast off)."""
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self._postprocess(last_stage, images, batched_inputs)
+
+    def _postprocess(self, last_stage, images, batched_inputs):
+        cls_logits, masks = last_stage["pred_logits"], last_stage["pred_masks"]
+        stride = images.tensor.shape[-2] // masks.shape[-2]
+        P, T = self.kernel_head.num_proposals, self.kernel_head.num_thing_classes
+        cfg = self.test_cfg
+        results = []
+        for i, x in enumerate(batched_inputs):
+            image_size = images.image_sizes[i]
+            out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
+            result = {}
+            if self.panoptic_on:
+                result["panoptic_seg"] = panoptic_inference(
+                    cls_logits[i],
+                    masks[i],
+                    image_size,
+                    out_size,
+                    num_proposals=P,
+                    num_thing_classes=T,
+                    stride=stride,
+                    thing_score_threshold=cfg.get("thing_score_threshold", 0.3),
+                    overlap_threshold=cfg.get("overlap_threshold", 0.6),
+                    mask_threshold=cfg.get("mask_threshold", 0.5),
+                    soft_boundaries=cfg.get("soft_boundaries", False),
+                )
+            if self.instance_on:
+                result["instances"] = instance_inference(
+                    cls_logits[i, :P, :T],
+                    masks[i, :P],
+                    image_size,
+                    out_size,
+                    stride=stride,
+                    max_per_image=cfg.get("max_per_image", 100),
+                    mask_threshold=cfg.get("mask_threshold", 0.5),
+                    score_threshold=cfg.get("instance_score_threshold", 0.0),
+                )
+            if self.semantic_on:
+                result["sem_seg"] = semantic_inference(
+                    cls_logits[i],
+                    masks[i],
+                    image_size,
+                    out_size,
+                    num_proposals=P,
+                    num_thing_classes=T,
+                    stride=stride,
+                )
+            results.append(result)
+        return results
