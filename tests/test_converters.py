@@ -38,6 +38,7 @@ from knet.checkpoint.swin import permute_norm, permute_reduction, unpermute_norm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEM_CFG_DIR = os.path.join(ROOT, "configs", "ade20k", "semantic-segmentation")
+PAN_CFG_DIR = os.path.join(ROOT, "configs", "coco", "panoptic-segmentation")
 RGB_MEAN = [123.675, 116.28, 103.53]
 RGB_STD = [58.395, 57.12, 57.375]
 
@@ -309,6 +310,15 @@ def sem_cfg(name, *opts):
     return cfg
 
 
+def pan_cfg(name, *opts):
+    cfg = get_cfg()
+    add_knet_config(cfg)
+    cfg.merge_from_file(os.path.join(PAN_CFG_DIR, name))
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
 def meta_state_dict(cfg):
     with torch.device("meta"):
         model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
@@ -523,6 +533,205 @@ def test_mmseg_swin_upernet_names():
         assert (s.num_input_keys, s.num_mapped) == (n_in, n_mapped)
         assert "backbone.layers.3.blocks.1.attn.proj.bias" in converted
         assert "pixel_decoder.fpn_bottleneck.norm.running_var" in converted
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Swin backbones: semantic UPerNet models (backbone.*) and the panoptic Swin-L + FPN (backbone.bottom_up.*)
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "config,backbone,n_in,n_mapped,n_backbone",
+    [
+        ("swin/knet_upernet_swin_tiny.yaml", "swin_t", 388, 363, 177),
+        ("swin/knet_upernet_swin_large_512.yaml", "swin_l", 556, 519, 333),
+        ("swin/knet_upernet_swin_large_640.yaml", "swin_l", 556, 519, 333),
+    ],
+)
+def test_mmseg_swin_upernet_checkpoint_fills_model(config, backbone, n_in, n_mapped, n_backbone):
+    """mmseg K-Net UPerNet Swin-T / Swin-L: every checkpoint tensor lands in the model built from our Swin
+    configs and every model tensor is filled; the semantic Swin lives at ``backbone.*`` (no FPN)."""
+    target = meta_state_dict(sem_cfg(config))
+    result = convert_checkpoint(official_mmseg_knet("uper", backbone), "mmseg-knet", target)
+    assert_fills_exactly(result.state_dict, target)
+    s = result.summary
+    assert (s.num_input_keys, s.num_mapped, s.num_dropped) == (n_in, n_mapped, n_in - n_mapped)
+    n_blocks = {"swin_t": 12, "swin_l": 24}[backbone]
+    assert s.dropped_by_reason() == {
+        "BatchNorm step counter (num_batches_tracked)": 13,
+        "relative_position_index buffer (recomputed from the window size)": n_blocks,
+    }
+    assert s.mapped == {"backbone": n_backbone, "pixel_decoder": 62, "kernel_head": 117, "auxiliary_head": 7}
+    sd = result.state_dict
+    assert not any(k.startswith("backbone.bottom_up.") for k in sd)
+    last = {"swin_t": "layers.2.blocks.5", "swin_l": "layers.2.blocks.17"}[backbone]
+    assert f"backbone.{last}.attn.relative_position_bias_table" in sd
+    leaves = ("norm.weight", "norm.bias", "reduction.weight")
+    assert [k for k, _ in s.transformed] == [
+        f"backbone.layers.{i}.downsample.{leaf}" for i in range(3) for leaf in leaves
+    ]
+    embed = {"swin_t": 96, "swin_l": 192}[backbone]
+    assert tuple(sd["pixel_decoder.lateral_convs.0.weight"].shape) == (512, embed, 1, 1)
+    assert tuple(sd["pixel_decoder.auxiliary_head.convs.0.weight"].shape) == (256, 4 * embed, 3, 3)
+
+
+def test_official_swin_l_panoptic_checkpoint_fills_swin_fpn_model():
+    """The official K-Net Swin-L panoptic checkpoint (mmdet Swin + FPN) fills the model of
+    configs/coco/panoptic-segmentation/knet_swinL_ms3x.yaml: Swin under ``backbone.bottom_up.``, the FPN as
+    detectron2's ``fpn_lateral{2..5}`` / ``fpn_output{2..5}`` (no P6)."""
+    cfg = pan_cfg("knet_swinL_ms3x.yaml")
+    assert cfg.MODEL.BACKBONE.NAME == "build_knet_swin_fpn_backbone"
+    target = meta_state_dict(cfg)
+    result = convert_checkpoint(official_mmdet_knet("swin_l", 133), "mmdet-knet", target)
+    assert_fills_exactly(result.state_dict, target)
+    s = result.summary
+    assert (s.num_input_keys, s.num_mapped, s.num_dropped) == (541, 517, 24)
+    assert s.mapped == {"backbone": 333, "neck": 16, "pixel_decoder": 27, "kernel_head": 141}
+    sd = result.state_dict
+    assert {k.split(".")[1] for k in sd if k.startswith("backbone.")} == {
+        "bottom_up", *(f"fpn_{kind}{lvl}" for kind in ("lateral", "output") for lvl in range(2, 6))
+    }
+    for lvl, c in zip(range(2, 6), (192, 384, 768, 1536)):
+        assert tuple(sd[f"backbone.fpn_lateral{lvl}.weight"].shape) == (256, c, 1, 1)
+    table = "backbone.bottom_up.layers.3.blocks.1.attn.relative_position_bias_table"
+    assert tuple(sd[table].shape) == (169, 48)
+    assert tuple(sd["backbone.bottom_up.layers.2.downsample.reduction.weight"].shape) == (1536, 3072)
+
+
+@pytest.mark.parametrize(
+    "where,embed,depths,heads,classes,n_in,n_mapped",
+    [
+        ("semantic Swin-T", 96, (2, 2, 6, 2), (3, 6, 12, 24), 1000, 190, 169),
+        ("panoptic Swin-L", 192, (2, 2, 18, 2), (6, 12, 24, 48), 21841, 364, 325),
+    ],
+)
+def test_swin_imagenet_weights_fill_swin_backbones(where, embed, depths, heads, classes, n_in, n_mapped):
+    """``--source swin``: the official ImageNet weights fill our Swin backbone wherever the model has it
+    (``backbone.*`` in the semantic models, ``backbone.bottom_up.*`` under the FPN): every backbone tensor but
+    the new per-output norms ``norm0..3``; the rest of the model keeps its initialisation."""
+    if where == "semantic Swin-T":
+        cfg, prefix = sem_cfg("swin/knet_upernet_swin_tiny.yaml"), "backbone."
+    else:
+        cfg, prefix = pan_cfg("knet_swinL_ms3x.yaml"), "backbone.bottom_up."
+    target = meta_state_dict(cfg)
+    ckpt = official_swin_imagenet(embed, depths, heads)
+    ckpt["model"]["head.weight"] = torch.empty(classes, embed * 8, device="meta")
+    ckpt["model"]["head.bias"] = torch.empty(classes, device="meta")
+    result = convert_checkpoint(ckpt, "swin", target)
+    s = result.summary
+    assert (s.num_input_keys, s.num_mapped) == (n_in, n_mapped)
+    norms = {f"{prefix}norm{i}.{w}" for i in range(4) for w in ("weight", "bias")}
+    swin_keys = {k for k in target if k.startswith(prefix) and not k.startswith("backbone.fpn_")}
+    assert set(result.state_dict) == swin_keys - norms
+    assert all(tuple(v.shape) == tuple(target[k].shape) for k, v in result.state_dict.items())
+    assert norms <= set(s.left_to_model)
+    assert not any(k.startswith(prefix) for k in set(s.left_to_model) - norms)
+    reason = "relative_position_index buffer (recomputed from the window size)"
+    assert s.dropped_by_reason()[reason] == sum(depths)
+
+
+def _tiny_swin(window=3):
+    from knet.modeling.backbone.swin import KNetSwinTransformer
+
+    torch.manual_seed(0)
+    return KNetSwinTransformer(
+        embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=window, drop_path_rate=0.0
+    ).eval()
+
+
+def test_swin_conversion_fills_real_backbone_and_patch_merging_is_numerically_right():
+    """A real-valued mmseg-layout Swin (tiny sizes) converted into our ``KNetSwinTransformer``: it loads
+    strictly, copies the other tensors unchanged, and our PatchMerging modules with the converted weights
+    compute what mmseg's ``nn.Unfold`` patch merging computes with the original ones. mmseg's ImageNet
+    re-export of the same weights (``--source swin``, mmseg naming) converts to the same tensors."""
+    model = _tiny_swin()
+    embed, depths, heads = 8, (2, 2, 2, 2), (1, 2, 2, 4)
+    L = _Layout("cpu")
+    _mm_swin(L, "backbone.", embed, depths, heads, window=3)
+    gen = torch.Generator().manual_seed(1)
+    for k, v in L.sd.items():  # LayerNorm scales in [0.5, 1.5], everything else N(0, 1): no order hides
+        if v.is_floating_point() and "norm" in k:
+            v.copy_(torch.rand(v.shape, generator=gen) + 0.5)
+        elif v.is_floating_point():
+            v.copy_(torch.randn(v.shape, generator=gen))
+    mm = L.sd
+    target = {"backbone." + k: v for k, v in model.state_dict().items()}
+    converted, summary = convert_state_dict(mm, "mmseg-knet", target)
+    assert set(converted) == set(target)
+    assert summary.num_dropped == sum(depths)  # the relative_position_index buffers
+    model.load_state_dict({k[len("backbone."):]: v for k, v in converted.items()}, strict=True)
+    for ours_t, key in [
+        (model.layers[1].blocks[1].attn.qkv.weight, "stages.1.blocks.1.attn.w_msa.qkv.weight"),
+        (model.layers[3].blocks[0].mlp.fc1.bias, "stages.3.blocks.0.ffn.layers.0.0.bias"),
+        (model.layers[2].blocks[1].attn.relative_position_bias_table,
+         "stages.2.blocks.1.attn.w_msa.relative_position_bias_table"),
+        (model.patch_embed.proj.weight, "patch_embed.projection.weight"),
+        (model.norm2.bias, "norm2.bias"),
+    ]:
+        assert torch.equal(ours_t, mm["backbone." + key]), key
+
+    with torch.no_grad():
+        for i in range(3):
+            d = embed * 2**i
+            xi = torch.randn(2, 6, 10, d, generator=gen)
+            p = f"backbone.stages.{i}.downsample."
+            ref = _patch_merge_mm(xi, mm[p + "norm.weight"], mm[p + "norm.bias"], mm[p + "reduction.weight"])
+            ours = model.layers[i].downsample(xi.reshape(2, 60, d), 6, 10).reshape(2, 3, 5, 2 * d)
+            assert torch.allclose(ours, ref, atol=1e-5), (i, (ours - ref).abs().max())
+            # without the reorder the same weights give something else
+            raw = _patch_merge_original(
+                xi, mm[p + "norm.weight"], mm[p + "norm.bias"], mm[p + "reduction.weight"]
+            )
+            assert (raw - ref).abs().max() > 0.1
+        out = model(torch.randn(2, 3, 24, 40, generator=gen))
+    shapes = [tuple(out[f"res{i}"].shape) for i in range(2, 6)]
+    assert shapes == [(2, 8, 6, 10), (2, 16, 3, 5), (2, 32, 2, 3), (2, 64, 1, 2)]
+
+    # mmseg's ImageNet re-export (tools/model_converters/swin2mmseg.py): no prefix, no per-output norms, the
+    # classifier's final norm and the attention masks kept
+    imnet = {k[len("backbone."):]: v for k, v in mm.items() if not re.match(r"backbone\.norm\d", k)}
+    imnet["norm.weight"], imnet["norm.bias"] = torch.ones(8 * embed), torch.zeros(8 * embed)
+    imnet["stages.0.blocks.1.attn_mask"] = torch.zeros(4, 9, 9)
+    res = convert_checkpoint(imnet, "swin", target)
+    norms = {f"backbone.norm{i}.{w}" for i in range(4) for w in ("weight", "bias")}
+    assert set(res.state_dict) == set(target) - norms and set(res.summary.left_to_model) == norms
+    assert all(torch.equal(res.state_dict[k], converted[k]) for k in res.state_dict)
+    assert {r for _, r in res.summary.dropped} >= {
+        "final norm of the classifier (dense-prediction Swin has norm0..norm3)",
+        "shifted-window attention mask (depends on the input size; recomputed)",
+    }
+
+
+def test_swin_fpn_backbone_outputs_p2_to_p5():
+    """``build_knet_swin_fpn_backbone`` on a tiny Swin: detectron2 FPN names, P2-P5 only (no P6), strides
+    4-32."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    cfg = pan_cfg(
+        "knet_swinL_ms3x.yaml",
+        "MODEL.KNET.SWIN.EMBED_DIM", "8",
+        "MODEL.KNET.SWIN.DEPTHS", "[2, 2, 2, 2]",
+        "MODEL.KNET.SWIN.NUM_HEADS", "[1, 2, 2, 4]",
+        "MODEL.KNET.SWIN.WINDOW_SIZE", "3",
+        "MODEL.FPN.OUT_CHANNELS", "16",
+    )
+    torch.manual_seed(0)
+    bb = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, ShapeSpec(channels=3)).eval()
+    names = {k.split(".")[0] for k in bb.state_dict()}
+    assert names == {"bottom_up", *(f"fpn_{t}{lvl}" for t in ("lateral", "output") for lvl in range(2, 6))}
+    assert bb.size_divisibility == 32
+    assert {k: (v.channels, v.stride) for k, v in bb.output_shape().items()} == {
+        f"p{lvl}": (16, 2**lvl) for lvl in range(2, 6)
+    }
+    with torch.no_grad():
+        out = bb(torch.randn(1, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        f"p{lvl}": (1, 16, 64 >> lvl, 96 >> lvl) for lvl in range(2, 6)
+    }
+    assert all(torch.isfinite(v).all() and v.std() > 0 for v in out.values())
+    bad = pan_cfg("knet_swinL_ms3x.yaml", "MODEL.RESNETS.OUT_FEATURES", '["res3", "res4", "res5"]')
+    with pytest.raises(ValueError, match=r"MODEL.FPN.IN_FEATURES .*MODEL.RESNETS.OUT_FEATURES"):
+        with torch.device("meta"):
+            BACKBONE_REGISTRY.get(bad.MODEL.BACKBONE.NAME)(bad, ShapeSpec(channels=3))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -955,6 +1164,30 @@ MODEL_ZOO = {
         ["sem_seg", "mIoU", 43.45],
         "| 43.45 (44.07) |",
     ),
+    "knet_upernet_swinT_ade20k_inference.yaml": (
+        "mmseg-knet",
+        lambda: official_mmseg_knet("uper", "swin_t"),
+        ["sem_seg", "mIoU", 45.84],
+        "| 45.84 (46.27) |",
+    ),
+    "knet_upernet_swinL_512_ade20k_inference.yaml": (
+        "mmseg-knet",
+        lambda: official_mmseg_knet("uper", "swin_l"),
+        ["sem_seg", "mIoU", 52.05],
+        "| 52.05 (53.24) |",
+    ),
+    "knet_upernet_swinL_640_ade20k_inference.yaml": (
+        "mmseg-knet",
+        lambda: official_mmseg_knet("uper", "swin_l"),
+        ["sem_seg", "mIoU", 52.21],
+        "| 52.21 (53.34) |",
+    ),
+    "knet_swinL_ms3x_coco_panoptic_inference.yaml": (
+        "mmdet-knet",
+        lambda: official_mmdet_knet("swin_l", 133),
+        ["panoptic_seg", "PQ", 54.6],
+        "| 54.6 |",
+    ),
 }
 
 
@@ -984,5 +1217,7 @@ def test_model_zoo_config(name):
         assert not cfg.MODEL.RESNETS.DEFORM_MODULATED and cfg.MODEL.RESNETS.DEPTH == 101
         return
     cfg.merge_from_list(["MODEL.RESNETS.NORM", "BN"] if "SyncBN" in cfg.MODEL.RESNETS.NORM else [])
-    result = convert_checkpoint(layout(), source, meta_state_dict(cfg))
-    assert result.summary.num_mapped > 400
+    target = meta_state_dict(cfg)
+    result = convert_checkpoint(layout(), source, target)
+    assert_fills_exactly(result.state_dict, target)
+    assert result.summary.num_mapped > 300

@@ -112,7 +112,7 @@ def main():
     subprocess.run(cmd, check=True, cwd=REPO)
     t_train = time.time() - t1
 
-    with open(os.path.join(train_dir, "final_metrics.json")) as f:
+    with open(os.path.join(train_dir, "last_eval_results.json")) as f:
         results = json.load(f)
     cfg = load_cfg(args.config_file, args.opts)
     t2 = time.time()

@@ -8,7 +8,9 @@ Sources (``--source`` of ``tools/convert_knet_checkpoint.py``):
 ``mmseg-knet``         mmsegmentation's K-Net checkpoints (FCN / PSP / DeepLabv3 / UPerNet heads on R-50-D8;
                        UPerNet on Swin-T / Swin-L), spec §6.2
 ``torchvision-resnet`` torchvision ImageNet ResNet-50/101 -> ``backbone.bottom_up.*`` (ResNet-FPN)
-``swin``               official Swin ImageNet(-22k) weights (original naming) -> ``backbone.bottom_up.*``
+``swin``               Swin ImageNet(-22k) weights (the official original-naming files, or mmseg's
+                       re-export in mmseg naming) -> the Swin backbone: ``backbone.bottom_up.*`` (panoptic
+                       Swin + FPN) or ``backbone.*`` (semantic UPerNet), whichever the target model has
 ``mmcv-resnet-v1c``    OpenMMLab's ImageNet ResNetV1c (``open-mmlab://resnet50_v1c``, deep stem) -> the
                        semantic models' ``backbone.*``
 =====================  =======================================================================================
@@ -90,7 +92,8 @@ _CLASS_KEYS = {
     "mmseg-knet": [("decode_head.kernel_generate_head.conv_seg.weight", "pixel_decoder.conv_seg.weight")],
 }
 
-# Backbone-only sources fill this prefix; the rest of the model keeps its initialisation.
+# Backbone-only sources fill this prefix (by default; see _resolve_backbone_prefix); the rest of the model
+# keeps its initialisation.
 _BACKBONE_ONLY = {
     "torchvision-resnet": "backbone.bottom_up.",
     "swin": "backbone.bottom_up.",
@@ -107,6 +110,14 @@ _BACKBONE_NEW_KEYS = {
         r"layers\.\d+\.blocks\.\d+\.attn_mask",
     ),
 }
+
+
+# Default backbone prefix of the full K-Net sources: detection models have an FPN (``bottom_up``), semantic
+# models not.
+_KNET_BACKBONE_PREFIX = {"mmdet-knet": "backbone.bottom_up.", "mmseg-knet": "backbone."}
+# Where a Swin backbone can live in our models: under the FPN (panoptic) or directly (semantic).
+_SWIN_PREFIXES = ("backbone.bottom_up.", "backbone.")
+_SWIN_FIRST_KEY = "patch_embed.proj.weight"
 
 
 class CheckpointMismatchError(ValueError):
@@ -215,9 +226,30 @@ def _has_prefix(keys, prefix):
     return any(k.startswith(prefix) for k in keys)
 
 
+def _is_swin(source: str, keys: Sequence[str]) -> bool:
+    """Whether the checkpoint's backbone is a Swin Transformer."""
+    if source == "swin":
+        return True
+    return source in _KNET_BACKBONE_PREFIX and _has_prefix(keys, "backbone.stages.")
+
+
+def _resolve_backbone_prefix(source, keys, target_state_dict, dst_prefix):
+    """The prefix our backbone names get: ``dst_prefix`` if given; for a Swin checkpoint and a target model,
+    the prefix under which that model has its Swin (``backbone.bottom_up.`` with an FPN, ``backbone.`` in the
+    semantic models); otherwise the source's default."""
+    if dst_prefix is not None:
+        return dst_prefix
+    default = _KNET_BACKBONE_PREFIX.get(source) or _BACKBONE_ONLY[source]
+    if target_state_dict is not None and _is_swin(source, keys):
+        for prefix in (default,) + tuple(p for p in _SWIN_PREFIXES if p != default):
+            if prefix + _SWIN_FIRST_KEY in target_state_dict:
+                return prefix
+    return default
+
+
 def build_rules(source: str, keys: Sequence[str], dst_prefix: Optional[str] = None):
     """The rule list for ``source``, choosing the backbone rules from the keys present (ResNet with 7x7 or
-    deep stem, with or without DCN, or Swin)."""
+    deep stem, with or without DCN, or Swin; for ``swin``, the original or mmseg naming)."""
     if source not in SOURCES:
         raise ValueError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
     drops = [NUM_BATCHES_TRACKED]
@@ -259,7 +291,8 @@ def build_rules(source: str, keys: Sequence[str], dst_prefix: Optional[str] = No
             + [Drop(r"fc\.(weight|bias)", "ImageNet classifier")]
             + resnet_rules("", dst_prefix or "backbone.", deep_stem=True)
         )
-    return drops + swin_imagenet_rules(dst_prefix or "backbone.bottom_up.")
+    mm_naming = _has_prefix(keys, "stages.") or _has_prefix(keys, "patch_embed.projection.")
+    return drops + swin_imagenet_rules(dst_prefix or "backbone.bottom_up.", mm_naming=mm_naming)
 
 
 def _shape(v):
@@ -290,7 +323,8 @@ def convert_state_dict(
             checked.
         input_format: ``"RGB"`` (our configs; no change) or ``"BGR"`` (flip the first conv's input channels).
         dst_prefix: override the backbone prefix (default ``backbone.bottom_up.`` for detection and ImageNet
-            sources, ``backbone.`` for mmseg).
+            sources, ``backbone.`` for mmseg; a Swin checkpoint goes where ``target_state_dict`` has its
+            Swin, ``backbone.bottom_up.`` or ``backbone.``).
         where: the file name, for error messages.
     Returns:
         ``(converted state dict, ConversionSummary)``. Raises :class:`CheckpointMismatchError` on any
@@ -298,8 +332,11 @@ def convert_state_dict(
     """
     if input_format not in ("RGB", "BGR"):
         raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
     keys = list(state_dict.keys())
-    compiled = compile_rules(build_rules(source, keys, dst_prefix))
+    prefix = _resolve_backbone_prefix(source, keys, target_state_dict, dst_prefix)
+    compiled = compile_rules(build_rules(source, keys, prefix))
     summary = ConversionSummary(source=source, num_input_keys=len(keys))
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     origin: Dict[str, str] = {}
@@ -344,7 +381,10 @@ def convert_state_dict(
         )
 
     if target_state_dict is not None:
-        _fit_to_target(out, origin, optional_reason, target_state_dict, state_dict, source, summary, where)
+        backbone_only = prefix if source in _BACKBONE_ONLY else None
+        _fit_to_target(
+            out, origin, optional_reason, target_state_dict, state_dict, source, summary, where, backbone_only
+        )
 
     if input_format == "BGR":
         first = [k for k in FIRST_CONV_KEYS if k in out]
@@ -365,8 +405,12 @@ def convert_state_dict(
     return out, summary
 
 
-def _fit_to_target(out, origin, optional_reason, target, source_sd, source, summary, where):
-    """Check ``out`` against the target model's state dict; drop absent optional keys. Raises on mismatch."""
+def _fit_to_target(
+    out, origin, optional_reason, target, source_sd, source, summary, where, backbone_prefix
+):
+    """Check ``out`` against the target model's state dict; drop absent optional keys. Raises on mismatch.
+    ``backbone_prefix``: for backbone-only sources, the prefix they fill (the rest of the model may stay at
+    its initialisation); None for full K-Net checkpoints, which must fill everything."""
     # 1. a different class count, explained before the generic shape check
     for src_key, dst_key in _CLASS_KEYS.get(source, []):
         if src_key in source_sd and dst_key in target:
@@ -390,7 +434,6 @@ def _fit_to_target(out, origin, optional_reason, target, source_sd, source, summ
         for k in out
         if k in target and tuple(out[k].shape) != _shape(target[k])
     ]
-    backbone_prefix = _BACKBONE_ONLY.get(source)
     missing, left = [], []
     new_keys = (
         [re.compile(re.escape(backbone_prefix) + p + r"\Z") for p in _BACKBONE_NEW_KEYS.get(source, ())]

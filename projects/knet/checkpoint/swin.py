@@ -2,19 +2,26 @@
 ``models/swin_transformer.py``; also what Swin-Transformer-Object-Detection and timm's checkpoint filter
 read).
 
-This package has no Swin backbone yet, so the converted names are the original repository's, under the
-backbone prefix: ``patch_embed.proj``, ``layers.{i}.blocks.{j}.{norm1,attn.qkv,attn.proj,
+The converted names are those of this package's Swin backbone
+(:class:`knet.modeling.backbone.swin.KNetSwinTransformer`), the original repository's, under the backbone
+prefix: ``patch_embed.proj``, ``layers.{i}.blocks.{j}.{norm1,attn.qkv,attn.proj,
 attn.relative_position_bias_table,norm2,mlp.fc1,mlp.fc2}``, ``layers.{i}.downsample.{reduction,norm}`` and the
-per-output norms ``norm{0..3}`` of the detection/segmentation variant.
+per-output norms ``norm{0..3}`` of the detection/segmentation variant. The prefix is ``backbone.`` in the
+semantic models (``build_knet_swin_backbone``) and ``backbone.bottom_up.`` in the panoptic Swin + FPN model
+(``build_knet_swin_fpn_backbone``); :mod:`.convert` picks the one the target model has.
 
-Two sources:
+Sources:
 
 * mmdet / mmseg ``SwinTransformer`` (``stages``, ``attn.w_msa``, ``ffn.layers``, ``patch_embed.projection``):
   the inverse of mmdet's ``swin_converter`` (``mmdet/models/utils/ckpt_convert.py``), *including* the
   patch-merging weights, which mmdet stores in ``nn.Unfold`` channel order (see :func:`unpermute_reduction`).
-* the official ImageNet-22k classification checkpoints (``swin_{tiny,base,large}_patch4_window7_224_22k.pth``,
-  ``{"model": ...}`` in the original naming): the classifier ``head``, the final classification ``norm`` and
-  the resolution-dependent ``attn_mask`` buffers are dropped.
+* the official ImageNet(-22k) classification checkpoints
+  (``swin_{tiny,base,large}_patch4_window7_224_22k.pth``, ``{"model": ...}`` in the original naming): the
+  classifier ``head``, the final classification ``norm`` and the resolution-dependent ``attn_mask`` buffers
+  are dropped;
+* the same ImageNet weights as mmsegmentation redistributes them (``pretrain/swin/swin_*_224*.pth``, made by
+  mmseg's ``tools/model_converters/swin2mmseg.py``: mmseg naming, patch merging in ``nn.Unfold`` order,
+  ``head`` removed, ``norm`` and ``attn_mask`` kept): the mmdet/mmseg rules plus the same drops.
 """
 
 import torch
@@ -114,15 +121,24 @@ def swin_mm_rules(src_prefix, dst_prefix, group="backbone"):
     ]
 
 
-def swin_imagenet_rules(dst_prefix, group="backbone"):
-    """Official Swin ImageNet checkpoints (original naming, no prefix) -> ``dst_prefix`` + original naming."""
+def swin_imagenet_rules(dst_prefix, group="backbone", mm_naming=False):
+    """Swin ImageNet checkpoints (no prefix) -> ``dst_prefix`` + original naming. ``mm_naming``: the file is
+    mmseg's re-export of them (``stages``, ``attn.w_msa``, ...; see the module docstring), not the official
+    original-naming file."""
     d = dst_prefix
     blk = r"layers\.(\d+)\.blocks\.(\d+)\."
     dblk = rf"{d}layers.\1.blocks.\2."
-    return [
+    drops = [
         Drop(r"head\.(weight|bias)", "ImageNet classifier"),
         Drop(r"norm\.(weight|bias)", "final norm of the classifier (dense-prediction Swin has norm0..norm3)"),
-        Drop(rf"{blk}attn_mask", "shifted-window attention mask (depends on the input size; recomputed)"),
+        Drop(
+            r"(layers|stages)\.\d+\.blocks\.\d+\.attn_mask",
+            "shifted-window attention mask (depends on the input size; recomputed)",
+        ),
+    ]
+    if mm_naming:
+        return drops + swin_mm_rules("", dst_prefix, group)
+    return drops + [
         Rename(rf"patch_embed\.(proj|norm)\.{_WB}", rf"{d}patch_embed.\1.\2", group),
         Rename(
             r"absolute_pos_embed",

@@ -12,6 +12,7 @@ Differences from ``DefaultTrainer`` (detectron2 v0.6, ``detectron2/engine/defaul
   (:mod:`knet.engine.train_loader`): a resumed run ends with the weights of an uninterrupted one;
 * ``test_with_TTA`` uses the semantic TTA wrapper for semantic datasets and evaluates the others without TTA.
 """
+import json
 import logging
 import os
 import random
@@ -38,6 +39,18 @@ from .train_loop import KNetAMPTrainer, model_device_type
 __all__ = ["Trainer", "create_knet_ddp_model"]
 
 logger = logging.getLogger(__name__)
+
+
+LAST_EVAL_RESULTS = "last_eval_results.json"
+
+
+def _jsonable(obj):
+    """Nested evaluation results (OrderedDicts of numpy/python numbers) as plain JSON types."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj.item() if hasattr(obj, "item") else obj
 
 
 def create_knet_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
@@ -146,6 +159,19 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, plus ``OUTPUT_DIR/last_eval_results.json`` (written atomically by the main
+        process; after training it holds the final evaluation)."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and cfg.OUTPUT_DIR and isinstance(results, dict):
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            path = os.path.join(cfg.OUTPUT_DIR, LAST_EVAL_RESULTS)
+            with open(path + ".tmp", "w") as f:
+                json.dump(_jsonable(results), f, indent=2)
+            os.replace(path + ".tmp", path)
+        return results
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
