@@ -22,7 +22,8 @@ def test_keys_exist_with_official_defaults():
     cfg = _cfg()
     k = cfg.MODEL.KNET
     assert (k.NUM_PROPOSALS, k.NUM_STAGES, k.HIDDEN_DIM, k.NUM_HEADS, k.FFN_DIM) == (100, 3, 256, 8, 2048)
-    assert (k.LOSS.CLS_WEIGHT, k.LOSS.MASK_WEIGHT, k.LOSS.DICE_WEIGHT, k.LOSS.RANK_WEIGHT) == (2.0, 1.0, 4.0, 0.1)
+    loss = k.LOSS
+    assert (loss.CLS_WEIGHT, loss.MASK_WEIGHT, loss.DICE_WEIGHT, loss.RANK_WEIGHT) == (2.0, 1.0, 4.0, 0.1)
     assert (k.MATCHER.COST_CLASS, k.MATCHER.COST_MASK, k.MATCHER.COST_DICE) == (2.0, 1.0, 4.0)
     assert (k.TEST.PANOPTIC_THING_SCORE_THRESHOLD, k.TEST.OVERLAP_THRESHOLD) == (0.3, 0.6)
     assert cfg.SOLVER.BACKBONE_MULTIPLIER == 0.25 and cfg.SOLVER.OPTIMIZER == "ADAMW"

@@ -106,7 +106,9 @@ def test_evaluators_construct_on_registered_dataset(tmp_path):
         thing_dataset_id_to_contiguous_id={1: 0}, stuff_dataset_id_to_contiguous_id={1: 0, 2: 1},
         panoptic_root=str(tmp_path), panoptic_json=json_file, evaluator_type="coco_panoptic_seg",
     )
-    coco = COCOEvaluator(name, tasks=("segm",), distributed=False, output_dir=str(tmp_path), use_fast_impl=False)
+    coco = COCOEvaluator(
+        name, tasks=("segm",), distributed=False, output_dir=str(tmp_path), use_fast_impl=False
+    )
     assert coco._coco_api.getImgIds() == [1]
     sem = SemSegEvaluator(name, distributed=False, output_dir=str(tmp_path))
     assert sem._num_classes == 2 and sem._ignore_label == 255
@@ -116,7 +118,6 @@ def test_evaluators_construct_on_registered_dataset(tmp_path):
 
 def _allreduce_worker(out_dir):
     import torch.distributed as dist
-
     from detectron2.utils import comm
 
     t = torch.tensor([float(comm.get_rank() + 1)])
@@ -161,7 +162,8 @@ def test_installer_rewrites_are_idempotent_and_reported(tmp_path):
         + inst.LAUNCH_OLD_MAIN
     )
     (pkg / "model_zoo" / "model_zoo.py").write_text("import pkg_resources\n" + inst.ZOO_OLD + "\n")
-    setup_lines = ['name="pb1-detectron2",', inst.SETUP_OLD_PACKAGE_DATA, "version=get_version(),", "ext_modules=get_extensions(),"]
+    setup_lines = ['name="pb1-detectron2",', inst.SETUP_OLD_PACKAGE_DATA, "version=get_version(),"]
+    setup_lines += ["ext_modules=get_extensions(),"]
     setup_lines += list(inst.DROPPED_REQUIREMENTS) + list(inst.RELAXED_REQUIREMENTS)
     (tmp_path / "setup.py").write_text("\n".join(setup_lines) + "\n")
 

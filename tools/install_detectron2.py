@@ -30,11 +30,11 @@ The rewrites (each is printed with the files it touched):
   ``iopath<0.1.10``, ``fvcore<0.1.6`` and the caffe2-only ``future``/``pydot`` are dropped; no C++
   extension is built.
 
-Run it with the interpreter of the environment to install into: ``.venv/bin/python tools/install_detectron2.py``.
+Run it with the interpreter of the environment to install into:
+``.venv/bin/python tools/install_detectron2.py``.
 """
 import argparse
 import glob
-import hashlib
 import importlib.util
 import os
 import re
@@ -164,20 +164,23 @@ def patch_sources(src):
                 f.write(new3)
 
     launch = os.path.join(pkg, "engine", "launch.py")
-    _replace(launch, LAUNCH_OLD_ASSERT, LAUNCH_NEW_ASSERT, "engine.launch: gloo backend without GPU", changes)
-    _replace(launch, LAUNCH_OLD_BACKEND, LAUNCH_NEW_BACKEND, "engine.launch: gloo backend without GPU", changes)
-    _replace(launch, LAUNCH_OLD_DEVICE, LAUNCH_NEW_DEVICE, "engine.launch: gloo backend without GPU", changes)
-    _replace(launch, LAUNCH_OLD_MAIN, LAUNCH_NEW_MAIN, "engine.launch: destroy the process group at exit", changes)
-
     zoo = os.path.join(pkg, "model_zoo", "model_zoo.py")
-    _replace(zoo, ZOO_OLD, ZOO_NEW, "model_zoo: no pkg_resources", changes)
-    _replace(zoo, "import pkg_resources\n", "", "model_zoo: no pkg_resources", changes)
-
     setup_py = os.path.join(src, "setup.py")
-    _replace(setup_py, 'name="pb1-detectron2",', 'name="detectron2",', "setup.py: metadata", changes)
-    _replace(setup_py, "version=get_version(),", f'version="{LOCAL_VERSION}",', "setup.py: metadata", changes)
-    _replace(setup_py, SETUP_OLD_PACKAGE_DATA, SETUP_NEW_PACKAGE_DATA, "setup.py: ship model-zoo configs", changes)
-    _replace(setup_py, "ext_modules=get_extensions(),", "ext_modules=[],", "setup.py: no C++ extension", changes)
+    gloo = "engine.launch: gloo backend without GPU"
+    edits = [
+        (launch, LAUNCH_OLD_ASSERT, LAUNCH_NEW_ASSERT, gloo),
+        (launch, LAUNCH_OLD_BACKEND, LAUNCH_NEW_BACKEND, gloo),
+        (launch, LAUNCH_OLD_DEVICE, LAUNCH_NEW_DEVICE, gloo),
+        (launch, LAUNCH_OLD_MAIN, LAUNCH_NEW_MAIN, "engine.launch: destroy the process group at exit"),
+        (zoo, ZOO_OLD, ZOO_NEW, "model_zoo: no pkg_resources"),
+        (zoo, "import pkg_resources\n", "", "model_zoo: no pkg_resources"),
+        (setup_py, 'name="pb1-detectron2",', 'name="detectron2",', "setup.py: metadata"),
+        (setup_py, "version=get_version(),", f'version="{LOCAL_VERSION}",', "setup.py: metadata"),
+        (setup_py, SETUP_OLD_PACKAGE_DATA, SETUP_NEW_PACKAGE_DATA, "setup.py: ship model-zoo configs"),
+        (setup_py, "ext_modules=get_extensions(),", "ext_modules=[],", "setup.py: no C++ extension"),
+    ]
+    for path, old, new, what in edits:
+        _replace(path, old, new, what, changes)
     for old in DROPPED_REQUIREMENTS:
         _replace(setup_py, old, "", "setup.py: drop obsolete requirements", changes)
     for old, new in RELAXED_REQUIREMENTS.items():

@@ -88,7 +88,8 @@ def render(cfg, weights, out_dir, num):
         vis = Visualizer(rgb, meta, instance_mode=ColorMode.IMAGE)
         drawn = vis.draw_panoptic_seg_predictions(seg.cpu(), info).get_image()
         pad = np.full((gt.shape[0], 8, 3), 255, dtype=np.uint8)
-        path = os.path.join(out_dir, os.path.splitext(os.path.basename(d["file_name"]))[0] + "_gt_vs_pred.png")
+        stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
+        path = os.path.join(out_dir, stem + "_gt_vs_pred.png")
         cv2.imwrite(path, np.concatenate([gt, pad, drawn], axis=1)[:, :, ::-1])
         paths.append(path)
     return paths
@@ -116,7 +117,8 @@ def main():
         results = json.load(f)
     cfg = load_cfg(args.config_file, args.opts)
     t2 = time.time()
-    vis = render(cfg, os.path.join(train_dir, "model_final.pth"), os.path.join(args.output, "vis"), args.num_vis)
+    weights = os.path.join(train_dir, "model_final.pth")
+    vis = render(cfg, weights, os.path.join(args.output, "vis"), args.num_vis)
     t_vis = time.time() - t2
 
     headline = summarize(results)
@@ -141,7 +143,8 @@ def main():
     print(f"\n[quickstart] metrics: {metrics_path}")
     print(f"[quickstart] model:   {os.path.join(train_dir, 'model_final.pth')}")
     print(f"[quickstart] logs:    {os.path.join(train_dir, 'log.txt')}")
-    print(f"[quickstart] renders: {os.path.dirname(vis[0]) if vis else '-'} ({len(vis)} PNG, ground truth | prediction)")
+    where = os.path.dirname(vis[0]) if vis else "-"
+    print(f"[quickstart] renders: {where} ({len(vis)} PNG, ground truth | prediction)")
     print(f"[quickstart] total {time.time() - t0:.0f} s")
 
 

@@ -1,18 +1,3 @@
 """K-Net demo helpers: ``VisualizationDemo`` (predict + draw with a working confidence threshold)."""
-from .predictor import (  # noqa: F401
-    TASKS,
-    KNetPredictor,
-    VisualizationDemo,
-    filter_instances,
-    filter_panoptic,
-    filter_sem_seg,
-)
-
-__all__ = [
-    "TASKS",
-    "KNetPredictor",
-    "VisualizationDemo",
-    "filter_instances",
-    "filter_panoptic",
-    "filter_sem_seg",
-]
+from .predictor import *  # noqa: F401,F403  (the public names are listed in predictor.__all__)
+from .predictor import __all__  # noqa: F401

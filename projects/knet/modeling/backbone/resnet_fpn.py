@@ -84,6 +84,26 @@ def _check_deformable(cfg):
         ) from e
 
 
+def build_knet_fpn(cfg, bottom_up) -> FPN:
+    """detectron2 ``FPN`` over ``MODEL.FPN.IN_FEATURES`` of ``bottom_up`` with **no** top block (the official
+    neck has ``num_outs`` = number of inputs, so no P6); convs initialised xavier-uniform with zero bias, as
+    mmdet's FPN (ZwwWayne/K-Net ``configs/det/_base_/models/knet_s3_r50_fpn.py``)."""
+    backbone = FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=None,
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+    for name, m in backbone.named_modules():
+        if name.startswith("fpn_") and isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return backbone
+
+
 def _build_narrow_basic_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
     """ResNet-18/34 whose ``MODEL.RESNETS.RES2_OUT_CHANNELS`` is not 64 (detectron2's builder insists on 64).
     Used by the CPU-sized synthetic configs; the stages are detectron2's ``BasicBlock`` stages."""
@@ -115,17 +135,4 @@ def build_knet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     bottom_up = (_build_narrow_basic_resnet if narrow else build_resnet_backbone)(cfg, input_shape)
     if frozen_stats:
         FrozenStatsBatchNorm2d.convert(bottom_up)
-    backbone = FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=None,
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
-    for name, m in backbone.named_modules():
-        if name.startswith("fpn_") and isinstance(m, nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return backbone
+    return build_knet_fpn(cfg, bottom_up)

@@ -18,8 +18,8 @@ Config: ``MODEL.BACKBONE.NAME: build_knet_swin_fpn_backbone``, the Swin shape in
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN
-from torch import nn
 
+from .resnet_fpn import build_knet_fpn
 from .swin import build_knet_swin_backbone
 
 __all__ = ["build_knet_swin_fpn_backbone"]
@@ -38,17 +38,4 @@ def build_knet_swin_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
             "backbone does not output (MODEL.RESNETS.OUT_FEATURES = "
             f"{list(cfg.MODEL.RESNETS.OUT_FEATURES)}); list them in MODEL.RESNETS.OUT_FEATURES"
         )
-    backbone = FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=None,
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
-    for name, m in backbone.named_modules():
-        if name.startswith("fpn_") and isinstance(m, nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return backbone
+    return build_knet_fpn(cfg, bottom_up)
