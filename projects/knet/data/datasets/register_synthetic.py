@@ -27,6 +27,7 @@ Metadata follows detectron2's "coco_panoptic_standard" convention, so that ``Vis
     ``sem_seg_file_name``, so one panoptic evaluation can add ``COCOEvaluator`` (mask AP) and
     ``SemSegEvaluator`` (mIoU).
 """
+
 import os
 from typing import Optional
 
@@ -55,8 +56,9 @@ __all__ = [
 ]
 
 _PREFIX = "knet_synthetic"
-SYNTHETIC_DATASET_NAMES = [f"{_PREFIX}_{task}_{split}" for task in ("panoptic", "instance", "sem_seg")
-                           for split in SPLITS]
+SYNTHETIC_DATASET_NAMES = [
+    f"{_PREFIX}_{task}_{split}" for task in ("panoptic", "instance", "sem_seg") for split in SPLITS
+]
 
 
 def get_synthetic_metadata() -> dict:
@@ -105,7 +107,8 @@ def _register(name: str, loader, metadata: dict):
 def register_knet_synthetic(root: Optional[str] = None, prefix: str = _PREFIX) -> list:
     """Register ``{prefix}_{panoptic,instance,sem_seg}_{train,val}`` rooted at ``root``; return the names.
 
-    ``root`` is the dataset folder itself (default ``$DETECTRON2_DATASETS/knet_synthetic``). Registering a name
+    ``root`` is the dataset folder itself (default ``$DETECTRON2_DATASETS/knet_synthetic``).
+    Registering a name
     again replaces it (useful to point the names at another folder, e.g. in tests). Touches no disk.
     """
     if not prefix.startswith("knet_"):
@@ -121,14 +124,24 @@ def register_knet_synthetic(root: Optional[str] = None, prefix: str = _PREFIX) -
         _register(
             name,
             (lambda root=root, split=split, meta=base: _load_panoptic(root, split, meta)),
-            dict(base, **common, panoptic_root=p["panoptic_root"], panoptic_json=p["panoptic_json"],
-                 json_file=p["instances_json"], sem_seg_root=p["sem_seg_root"],
-                 evaluator_type="coco_panoptic_seg", ignore_label=IGNORE_LABEL, label_divisor=1000),
+            dict(
+                base,
+                **common,
+                panoptic_root=p["panoptic_root"],
+                panoptic_json=p["panoptic_json"],
+                json_file=p["instances_json"],
+                sem_seg_root=p["sem_seg_root"],
+                evaluator_type="coco_panoptic_seg",
+                ignore_label=IGNORE_LABEL,
+                label_divisor=1000,
+            ),
         )
         names.append(name)
 
         name = f"{prefix}_instance_{split}"
-        thing_meta = {k: base[k] for k in ("thing_classes", "thing_colors", "thing_dataset_id_to_contiguous_id")}
+        thing_meta = {
+            k: base[k] for k in ("thing_classes", "thing_colors", "thing_dataset_id_to_contiguous_id")
+        }
         _register(
             name,
             (lambda root=root, split=split, name=name: _load_instance(root, split, name)),
@@ -137,12 +150,19 @@ def register_knet_synthetic(root: Optional[str] = None, prefix: str = _PREFIX) -
         names.append(name)
 
         name = f"{prefix}_sem_seg_{split}"
-        stuff_meta = {k: base[k] for k in ("stuff_classes", "stuff_colors", "stuff_dataset_id_to_contiguous_id")}
+        stuff_meta = {
+            k: base[k] for k in ("stuff_classes", "stuff_colors", "stuff_dataset_id_to_contiguous_id")
+        }
         _register(
             name,
             (lambda root=root, split=split: _load_sem_seg(root, split)),
-            dict(stuff_meta, **common, sem_seg_root=p["sem_seg_root"], evaluator_type="sem_seg",
-                 ignore_label=IGNORE_LABEL),
+            dict(
+                stuff_meta,
+                **common,
+                sem_seg_root=p["sem_seg_root"],
+                evaluator_type="sem_seg",
+                ignore_label=IGNORE_LABEL,
+            ),
         )
         names.append(name)
     return names

@@ -32,15 +32,16 @@ Folder layout (``root`` is ``$DETECTRON2_DATASETS/knet_synthetic``, ``DETECTRON2
       images/{train,val}/000001.jpg          RGB images (JPEG, quality 95, no chroma subsampling)
       panoptic/{train,val}/000001.png        COCO panoptic PNG, segment id = R + 256 G + 256^2 B, 0 = void
       semantic/{train,val}/000001.png        8-bit label PNG: contiguous ids 0..10 (things first), 255 = void
-      annotations/panoptic_{train,val}.json  COCO panoptic JSON (images, annotations/segments_info, categories)
+      annotations/panoptic_{train,val}.json  COCO panoptic JSON (images, annotations/segments_info,
+                                             categories)
       annotations/instances_{train,val}.json COCO instances JSON (compressed RLE masks, iscrowd 0, bbox, area)
       COMPLETE.json                          completion marker, written last (version, seed, sizes, checksums)
 
 Semantics of the labels:
   * the visible (occluded) masks are the ground truth: a thing drawn later hides what lies below, and a ring's
     hole shows the background; the three annotation files describe exactly the same pixels;
-  * a thing whose visible part is smaller than ``min_visible_area`` pixels is "void" (panoptic id 0, semantic 255,
-    absent from the instance JSON), so tiny slivers never become ground-truth instances;
+  * a thing whose visible part is smaller than ``min_visible_area`` pixels is "void" (panoptic id 0,
+    semantic 255, absent from the instance JSON), so tiny slivers never become ground-truth instances;
   * one image in ten (the images whose 0-based index is a multiple of 10) contains no thing at all.
 
 The dataset is written atomically by :func:`ensure_synthetic_dataset`: it is generated into a temporary folder
@@ -49,6 +50,7 @@ every file) is written last, and the folder is then renamed into place. A folder
 (interrupted, corrupt, half-written, older generator version, other sizes than asked for) is removed and
 regenerated, with a log line saying why.
 """
+
 import colorsys
 import contextlib
 import hashlib
@@ -111,7 +113,13 @@ def synthetic_categories() -> List[dict]:
         cats.append({"id": i + 1, "name": name, "supercategory": "shape", "isthing": 1, "color": color})
     for i, (name, color) in enumerate(zip(STUFF_CLASSES, STUFF_COLORS)):
         cats.append(
-            {"id": NUM_THING_CLASSES + i + 1, "name": name, "supercategory": "texture", "isthing": 0, "color": color}
+            {
+                "id": NUM_THING_CLASSES + i + 1,
+                "name": name,
+                "supercategory": "texture",
+                "isthing": 0,
+                "color": color,
+            }
         )
     return cats
 
@@ -138,7 +146,8 @@ def synthetic_paths(root: str, split: str) -> Dict[str, str]:
 # Drawing
 # --------------------------------------------------------------------------------------------------------------
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, grid: Tuple[int, int]) -> np.ndarray:
-    """Zero-mean, roughly unit-variance noise field (h, w) float32: a (gh, gw) Gaussian grid upsampled bicubically."""
+    """Zero-mean, roughly unit-variance noise field (h, w) float32: a (gh, gw) Gaussian grid upsampled
+    bicubically."""
     coarse = rng.standard_normal(grid).astype(np.float32)
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
 
@@ -230,14 +239,27 @@ def _unit_shape(rng, cls: int) -> List[np.ndarray]:
         return [_regular_polygon(72), _regular_polygon(72, rng.uniform(0.45, 0.65))]
     if name == "cross":
         a = rng.uniform(0.25, 0.38)
-        pts = [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a),
-               (-a, -a)]
+        pts = [
+            (-a, -1),
+            (a, -1),
+            (a, -a),
+            (1, -a),
+            (1, a),
+            (a, a),
+            (a, 1),
+            (-a, 1),
+            (-a, a),
+            (-1, a),
+            (-1, -a),
+            (-a, -a),
+        ]
         return [np.array(pts, dtype=np.float64)]
     raise AssertionError(name)
 
 
 def _draw_thing(rng, cls: int, h: int, w: int) -> Tuple[np.ndarray, Tuple[slice, slice], np.ndarray]:
-    """Rasterise one thing: returns (mask (h, w) bool, bbox slices, texture of the bbox (bh, bw, 3) float32)."""
+    """Rasterise one thing: returns (mask (h, w) bool, bbox slices, texture of the bbox (bh, bw, 3)
+    float32)."""
     side = min(h, w)
     diameter = side * np.exp(rng.uniform(np.log(0.08), np.log(0.45)))
     aspect = np.exp(rng.uniform(np.log(0.6), np.log(1.0 / 0.6)))
@@ -297,8 +319,14 @@ def _normalize_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return h, w
 
 
-def render_synthetic_image(seed: int, split: str, index: int, image_size=DEFAULT_IMAGE_SIZE, *,
-                           min_visible_area: Optional[int] = None):
+def render_synthetic_image(
+    seed: int,
+    split: str,
+    index: int,
+    image_size=DEFAULT_IMAGE_SIZE,
+    *,
+    min_visible_area: Optional[int] = None,
+):
     """Draw one image, a pure function of its arguments.
 
     Args:
@@ -380,7 +408,8 @@ def _segment_id(category_id: int, count: int) -> int:
 
 
 def _encode_sample(image, segment_map, segments, image_id: int, file_stem: str):
-    """Turn one rendered sample into (files {relative name: bytes}, panoptic annotation, instance annotations)."""
+    """Turn one rendered sample into (files {relative name: bytes}, panoptic annotation, instance
+    annotations)."""
     from panopticapi.utils import id2rgb
     from pycocotools import mask as mask_util
 
@@ -405,8 +434,14 @@ def _encode_sample(image, segment_map, segments, image_id: int, file_stem: str):
             rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
             instances.append(
-                {"image_id": image_id, "category_id": cat + 1, "segmentation": rle, "area": area,
-                 "bbox": bbox, "iscrowd": 0}
+                {
+                    "image_id": image_id,
+                    "category_id": cat + 1,
+                    "segmentation": rle,
+                    "area": area,
+                    "bbox": bbox,
+                    "iscrowd": 0,
+                }
             )
     files = {
         f"images/{{split}}/{file_stem}.jpg": _encode_jpeg(image),
@@ -421,9 +456,15 @@ def _dump_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=False, separators=(",", ":")).encode("utf-8")
 
 
-def generate_synthetic_dataset(out_dir: str, *, seed: int = DEFAULT_SEED, num_train: int = DEFAULT_NUM_TRAIN,
-                               num_val: int = DEFAULT_NUM_VAL, image_size=DEFAULT_IMAGE_SIZE,
-                               progress: bool = False) -> dict:
+def generate_synthetic_dataset(
+    out_dir: str,
+    *,
+    seed: int = DEFAULT_SEED,
+    num_train: int = DEFAULT_NUM_TRAIN,
+    num_val: int = DEFAULT_NUM_VAL,
+    image_size=DEFAULT_IMAGE_SIZE,
+    progress: bool = False,
+) -> dict:
     """Write the whole dataset into ``out_dir`` (not atomic: use :func:`ensure_synthetic_dataset`).
 
     The completion marker ``COMPLETE.json`` is written last. Returns the marker's content.
@@ -465,13 +506,20 @@ def generate_synthetic_dataset(out_dir: str, *, seed: int = DEFAULT_SEED, num_tr
                 inst_anns.append(ann)
             if bar is not None:
                 bar.update(1)
-        info = {"description": f"K-Net synthetic segmentation dataset ({split})", "version": GENERATOR_VERSION,
-                "seed": int(seed)}
-        write(f"annotations/panoptic_{split}.json",
-              _dump_json({"info": info, "images": images, "annotations": pan_anns, "categories": categories}))
+        info = {
+            "description": f"K-Net synthetic segmentation dataset ({split})",
+            "version": GENERATOR_VERSION,
+            "seed": int(seed),
+        }
+        write(
+            f"annotations/panoptic_{split}.json",
+            _dump_json({"info": info, "images": images, "annotations": pan_anns, "categories": categories}),
+        )
         thing_cats = [{k: c[k] for k in ("id", "name", "supercategory")} for c in categories if c["isthing"]]
-        write(f"annotations/instances_{split}.json",
-              _dump_json({"info": info, "images": images, "annotations": inst_anns, "categories": thing_cats}))
+        write(
+            f"annotations/instances_{split}.json",
+            _dump_json({"info": info, "images": images, "annotations": inst_anns, "categories": thing_cats}),
+        )
     if bar is not None:
         bar.close()
 
@@ -504,9 +552,15 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def check_synthetic_dataset(root: str, *, seed: Optional[int] = None, num_train: Optional[int] = None,
-                            num_val: Optional[int] = None, image_size=None,
-                            verify_checksums: bool = True) -> Tuple[bool, str]:
+def check_synthetic_dataset(
+    root: str,
+    *,
+    seed: Optional[int] = None,
+    num_train: Optional[int] = None,
+    num_val: Optional[int] = None,
+    image_size=None,
+    verify_checksums: bool = True,
+) -> Tuple[bool, str]:
     """Whether ``root`` holds a complete dataset of this generator version (and of the given parameters).
 
     Parameters left as None accept whatever the marker says. Returns ``(ok, reason)``; reason says what is
@@ -527,8 +581,12 @@ def check_synthetic_dataset(root: str, *, seed: Optional[int] = None, num_train:
         return False, f"its completion marker {MARKER_NAME} is unreadable ({e})"
     if marker.get("version") != GENERATOR_VERSION:
         return False, f"it was written by generator version {marker.get('version')}, not {GENERATOR_VERSION}"
-    wanted = {"seed": seed, "num_train": num_train, "num_val": num_val,
-              "image_size": list(_normalize_size(image_size)) if image_size is not None else None}
+    wanted = {
+        "seed": seed,
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": list(_normalize_size(image_size)) if image_size is not None else None,
+    }
     for key, value in wanted.items():
         if value is not None and marker.get(key) != value:
             return False, f"it has {key}={marker.get(key)}, but {key}={value} was asked for"
@@ -571,14 +629,22 @@ def _exclusive_lock(path: str):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def ensure_synthetic_dataset(root: Optional[str] = None, *, seed: Optional[int] = None,
-                             num_train: Optional[int] = None, num_val: Optional[int] = None,
-                             image_size=None, force: bool = False, progress: bool = False,
-                             verify_checksums: bool = True) -> str:
+def ensure_synthetic_dataset(
+    root: Optional[str] = None,
+    *,
+    seed: Optional[int] = None,
+    num_train: Optional[int] = None,
+    num_val: Optional[int] = None,
+    image_size=None,
+    force: bool = False,
+    progress: bool = False,
+    verify_checksums: bool = True,
+) -> str:
     """Return the dataset root, generating the dataset first when it is missing or not valid.
 
     Args:
-        root: the dataset folder (default :func:`default_synthetic_root`, ``$DETECTRON2_DATASETS/knet_synthetic``).
+        root: the dataset folder (default :func:`default_synthetic_root`,
+            ``$DETECTRON2_DATASETS/knet_synthetic``).
         seed, num_train, num_val, image_size: the wanted dataset; None accepts any complete dataset already
             there and uses the defaults (0, 400, 50, 256) when one has to be generated.
         force: regenerate even when a valid dataset exists.
@@ -603,27 +669,37 @@ def ensure_synthetic_dataset(root: Optional[str] = None, *, seed: Optional[int] 
             if ok:
                 return root
             if os.path.exists(root):
-                logger.warning(f"K-Net synthetic dataset at {root} is not valid: {reason}. "
-                               f"Removing it and regenerating.")
+                logger.warning(
+                    f"K-Net synthetic dataset at {root} is not valid: {reason}. "
+                    f"Removing it and regenerating."
+                )
         elif os.path.exists(root):
             logger.info(f"Regenerating the K-Net synthetic dataset at {root} (forced).")
         # Leftovers of interrupted generations (we hold the lock, so nobody else is writing them).
         for entry in os.listdir(parent):
             if entry.startswith(f".{name}.tmp-") or entry.startswith(f".{name}.old-"):
-                logger.warning(f"Removing the leftover of an interrupted generation: {os.path.join(parent, entry)}")
+                logger.warning(
+                    f"Removing the leftover of an interrupted generation: {os.path.join(parent, entry)}"
+                )
                 shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
         # Parameters not asked for: those of the folder's marker when it is readable, else the defaults.
         previous = _read_marker_params(root)
         params = {
             "seed": int(seed) if seed is not None else previous.get("seed", DEFAULT_SEED),
-            "num_train": int(num_train) if num_train is not None else previous.get("num_train", DEFAULT_NUM_TRAIN),
+            "num_train": (
+                int(num_train) if num_train is not None else previous.get("num_train", DEFAULT_NUM_TRAIN)
+            ),
             "num_val": int(num_val) if num_val is not None else previous.get("num_val", DEFAULT_NUM_VAL),
-            "image_size": image_size if image_size is not None else previous.get("image_size", DEFAULT_IMAGE_SIZE),
+            "image_size": (
+                image_size if image_size is not None else previous.get("image_size", DEFAULT_IMAGE_SIZE)
+            ),
         }
         tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        logger.info(f"Generating the K-Net synthetic dataset into {root} "
-                    f"({params['num_train']} train + {params['num_val']} val images, seed {params['seed']}) ...")
+        logger.info(
+            f"Generating the K-Net synthetic dataset into {root} "
+            f"({params['num_train']} train + {params['num_val']} val images, seed {params['seed']}) ..."
+        )
         start = time.perf_counter()
         try:
             generate_synthetic_dataset(tmp, progress=progress, **params)
