@@ -263,12 +263,10 @@ def panoptic_inference(
         ids[-1] = 0
         panoptic = ids[winner]
     else:
-        lut = torch.zeros(len(scores), dtype=torch.int32, device=probs.device)
-        lut[kept] = torch.arange(1, len(kept) + 1, dtype=torch.int32, device=probs.device)
+        lut = _segment_lut(len(scores), kept)
         rows, cols = nearest_cells(image_size, output_size, cell_ids.shape, stride, probs.device)
         panoptic = lut[cell_ids][rows[:, None], cols[None, :]]
-    present = torch.bincount(panoptic.flatten().long(), minlength=len(kept) + 1) > 0
-    return panoptic, _segments_info(kept, scores, labels, num_thing_classes, present.tolist())
+    return panoptic, _present_segments_info(panoptic, kept, scores, labels, num_thing_classes)
 
 
 def panoptic_inference_full_resolution(
@@ -297,11 +295,21 @@ def panoptic_inference_full_resolution(
     cell_ids, kept = _select_segments(
         scores, labels, probs, num_thing_classes, thing_score_threshold, overlap_threshold, mask_threshold
     )
-    lut = torch.zeros(len(scores), dtype=torch.int32, device=probs.device)
-    lut[kept] = torch.arange(1, len(kept) + 1, dtype=torch.int32, device=probs.device)
-    panoptic = lut[cell_ids]
+    panoptic = _segment_lut(len(scores), kept)[cell_ids]
+    return panoptic, _present_segments_info(panoptic, kept, scores, labels, num_thing_classes)
+
+
+def _segment_lut(num_kernels: int, kept: torch.Tensor) -> torch.Tensor:
+    """(num_kernels,) int32 map kernel -> segment id: 1..len(kept) for the kept kernels, 0 (void) else."""
+    lut = torch.zeros(num_kernels, dtype=torch.int32, device=kept.device)
+    lut[kept] = torch.arange(1, len(kept) + 1, dtype=torch.int32, device=kept.device)
+    return lut
+
+
+def _present_segments_info(panoptic, kept, scores, labels, num_thing_classes) -> List[Dict]:
+    """``segments_info`` of the kept segments that still own at least one pixel of ``panoptic``."""
     present = torch.bincount(panoptic.flatten().long(), minlength=len(kept) + 1) > 0
-    return panoptic, _segments_info(kept, scores, labels, num_thing_classes, present.tolist())
+    return _segments_info(kept, scores, labels, num_thing_classes, present.tolist())
 
 
 def semantic_inference(

@@ -5,7 +5,7 @@ padding to exactly ``IMAGE_SIZE`` x ``IMAGE_SIZE`` (as Mask2Former's
 ``coco_instance_new_baseline_dataset_mapper.py``).
 """
 from .instance_mapper import KNetInstanceDatasetMapper
-from .panoptic_lsj_mapper import build_lsj_augmentation, lsj_pad_value
+from .panoptic_lsj_mapper import with_lsj
 from .registry import KNET_MAPPER_REGISTRY
 
 __all__ = ["KNetInstanceLSJDatasetMapper"]
@@ -19,9 +19,4 @@ class KNetInstanceLSJDatasetMapper(KNetInstanceDatasetMapper):
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        ret = super().from_config(cfg, is_train)
-        ret["augmentations"] = build_lsj_augmentation(cfg, is_train)
-        if is_train:
-            ret["pad_size"] = (cfg.INPUT.IMAGE_SIZE, cfg.INPUT.IMAGE_SIZE)
-            ret["image_pad_value"] = lsj_pad_value(cfg)
-        return ret
+        return with_lsj(super().from_config(cfg, is_train), cfg, is_train)

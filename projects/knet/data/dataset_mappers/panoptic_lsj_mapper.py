@@ -37,6 +37,16 @@ def lsj_pad_value(cfg):
     return [int(round(v)) for v in cfg.MODEL.PIXEL_MEAN]
 
 
+def with_lsj(mapper_args: dict, cfg, is_train: bool) -> dict:
+    """Turn a mapper's ``from_config`` arguments into its large-scale-jitter variant: LSJ augmentations and,
+    in training, padding to ``INPUT.IMAGE_SIZE`` with the pixel mean."""
+    mapper_args["augmentations"] = build_lsj_augmentation(cfg, is_train)
+    if is_train:
+        mapper_args["pad_size"] = (cfg.INPUT.IMAGE_SIZE, cfg.INPUT.IMAGE_SIZE)
+        mapper_args["image_pad_value"] = lsj_pad_value(cfg)
+    return mapper_args
+
+
 @KNET_MAPPER_REGISTRY.register_as("knet_panoptic_lsj")
 class KNetPanopticLSJDatasetMapper(KNetPanopticDatasetMapper):
     """:class:`KNetPanopticDatasetMapper` with large-scale jitter; training outputs are
@@ -45,9 +55,4 @@ class KNetPanopticLSJDatasetMapper(KNetPanopticDatasetMapper):
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        ret = super().from_config(cfg, is_train)
-        ret["augmentations"] = build_lsj_augmentation(cfg, is_train)
-        if is_train:
-            ret["pad_size"] = (cfg.INPUT.IMAGE_SIZE, cfg.INPUT.IMAGE_SIZE)
-            ret["image_pad_value"] = lsj_pad_value(cfg)
-        return ret
+        return with_lsj(super().from_config(cfg, is_train), cfg, is_train)
