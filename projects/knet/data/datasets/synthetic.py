@@ -3,7 +3,7 @@
 No real dataset can be downloaded on our machines, so this module draws one: every image is a partition of
 the canvas into large irregular "stuff" regions, each filled with its own noisy texture, with "thing"
 shapes of random colour, scale, aspect and rotation drawn on top (later shapes occlude earlier ones), each
-with a surface pattern typical of its class (bands, stripes, checks, dots, spokes, diagonal stripes).
+with a high-contrast surface pattern typical of its class (bands, stripes, checks, dots, spokes, a grid).
 Everything is a pure function of ``(seed, split, index, image_size)`` drawn with numpy's ``Generator``,
 so the same seed gives byte-identical files and another seed different ones.
 
@@ -87,7 +87,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever the drawing or the file formats change: an existing dataset of another version is regenerated.
-GENERATOR_VERSION = 2  # 2: class-typical surface patterns on the things
+GENERATOR_VERSION = 3  # 2: class-typical surface patterns on the things; 3: high-contrast, fixed-scale ones
+_PATTERN_PERIOD = 9.0  # pixels per period of the things' surface pattern at 256x256
+_PATTERN_CONTRAST = 0.5  # the pattern scales the shape's brightness by 1 +- this
 MARKER_NAME = "COMPLETE.json"
 SPLITS = ("train", "val")
 DEFAULT_SEED = 0
@@ -286,25 +288,27 @@ def _draw_thing(rng, cls: int, h: int, w: int) -> Tuple[np.ndarray, Tuple[slice,
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     grad = ((xx - center[0]) * np.cos(phi) + (yy - center[1]) * np.sin(phi)) / max(radii.max(), 1.0)
     shade = 1.0 + 0.18 * np.clip(grad, -1.0, 1.0)[..., None]
-    # A surface pattern typical of the class (in the shape's own frame), as real objects have class-typical
-    # texture as well as shape; the colour stays random.
-    u = ((xx - center[0]) * np.cos(angle) + (yy - center[1]) * np.sin(angle)) / max(diameter, 1.0)
-    v = (-(xx - center[0]) * np.sin(angle) + (yy - center[1]) * np.cos(angle)) / max(diameter, 1.0)
-    shade = shade * (1.0 + 0.22 * _thing_pattern(cls, u, v))[..., None]
+    # A high-contrast surface pattern typical of the class, in the shape's own frame and at a fixed physical
+    # scale (a period of PATTERN_PERIOD pixels at 256x256), as real objects have class-typical texture as
+    # well as shape; the colour stays random.
+    period = _PATTERN_PERIOD * side / 256.0
+    u = ((xx - center[0]) * np.cos(angle) + (yy - center[1]) * np.sin(angle)) / period
+    v = (-(xx - center[0]) * np.sin(angle) + (yy - center[1]) * np.cos(angle)) / period
+    shade = shade * (1.0 + _PATTERN_CONTRAST * _thing_pattern(cls, u, v))[..., None]
     tex = color.reshape(1, 1, 3) * shade + 5.0 * rng.standard_normal((y1 - y0, x1 - x0, 1)).astype(np.float32)
     return mask.astype(bool), box, tex
 
 
 def _thing_pattern(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Class-typical surface pattern in [-1, 1] over the shape's normalised coordinates (u, v)."""
-    k = 2 * np.pi * 5.0  # five periods across the shape
+    """Class-typical surface pattern in [-1, 1] over the shape's coordinates (u, v) in pattern periods."""
+    k = 2 * np.pi
     patterns = [
         lambda: np.cos(k * np.hypot(u, v)),  # disc: concentric bands
         lambda: np.sign(np.cos(k * u)),  # square: stripes
         lambda: np.sign(np.cos(k * u) * np.cos(k * v)),  # triangle: checks
-        lambda: np.cos(k * u) * np.cos(k * v),  # star: dots
+        lambda: np.where(np.cos(k * u) * np.cos(k * v) > 0.5, 1.0, -1.0),  # star: bright dots on dark
         lambda: np.cos(2 * np.arctan2(v, u) * 6),  # ring: radial spokes
-        lambda: np.sign(np.cos(k * (u + v) / np.sqrt(2))),  # cross: diagonal stripes
+        lambda: np.where((np.abs(np.sin(k * u)) < 0.35) | (np.abs(np.sin(k * v)) < 0.35), 1.0, -1.0),  # cross: grid
     ]
     return patterns[cls % len(patterns)]().astype(np.float32)
 
