@@ -86,3 +86,33 @@ def batched_input(height, width, classes=(), seed=0, out_size=None):
         "instances": random_instances(height, width, classes, seed),
     }
     return out
+
+
+def import_train_net():
+    """The repository's ``train_net.py`` as a module (it is a script, not part of the package)."""
+    import os
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, repo)
+    try:
+        import train_net
+    finally:
+        sys.path.remove(repo)
+    return train_net
+
+
+def register_tiny_synthetic(folder, stem, num_train, num_val, image_size=64):
+    """Generate a tiny synthetic dataset under ``folder`` and register it under a fresh name prefix
+    ``{stem}{6 hex}`` (datasets ``{prefix}_{panoptic,instance,sem_seg}_{train,val}``); returns the prefix."""
+    import os
+    import uuid
+
+    from knet.data.datasets.register_synthetic import register_knet_synthetic
+    from knet.data.datasets.synthetic import ensure_synthetic_dataset
+
+    root = ensure_synthetic_dataset(os.path.join(str(folder), "knet_synthetic"), num_train=num_train,
+                                    num_val=num_val, image_size=image_size)
+    prefix = f"{stem}{uuid.uuid4().hex[:6]}"
+    register_knet_synthetic(root, prefix)
+    return prefix

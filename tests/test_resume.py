@@ -9,15 +9,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 
 import pytest
 import torch
 from detectron2.engine import HookBase, default_argument_parser
+from model_utils import import_train_net, register_tiny_synthetic
 
 from knet.checkpoint.checkpointer import KNetCheckpointer
-from knet.data.datasets.register_synthetic import register_knet_synthetic
-from knet.data.datasets.synthetic import ensure_synthetic_dataset
 from knet.engine import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,21 +24,12 @@ CONFIG = os.path.join(REPO, "tests", "configs", "knet_tiny_panoptic.yaml")
 
 @pytest.fixture(scope="module")
 def train_net():
-    sys.path.insert(0, REPO)
-    try:
-        import train_net as module
-    finally:
-        sys.path.remove(REPO)
-    return module
+    return import_train_net()
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    root = ensure_synthetic_dataset(str(tmp_path_factory.mktemp("syn") / "knet_synthetic"), num_train=8,
-                                    num_val=2, image_size=64)
-    prefix = f"knet_test_resume{uuid.uuid4().hex[:6]}"
-    register_knet_synthetic(root, prefix)
-    return prefix
+    return register_tiny_synthetic(tmp_path_factory.mktemp("syn"), "knet_test_resume", num_train=8, num_val=2)
 
 
 def _args(out_dir, prefix, resume=False):

@@ -3,15 +3,12 @@
 import json
 import math
 import os
-import sys
-import uuid
 
 import pytest
 import torch
 from detectron2.engine import default_argument_parser
+from model_utils import import_train_net, register_tiny_synthetic
 
-from knet.data.datasets.register_synthetic import register_knet_synthetic
-from knet.data.datasets.synthetic import ensure_synthetic_dataset
 from knet.engine import Trainer, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,21 +24,12 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def train_net():
-    sys.path.insert(0, REPO)
-    try:
-        import train_net as module
-    finally:
-        sys.path.remove(REPO)
-    return module
+    return import_train_net()
 
 
 @pytest.fixture(scope="module")
 def prefix(tmp_path_factory):
-    root = ensure_synthetic_dataset(str(tmp_path_factory.mktemp("syn") / "knet_synthetic"), num_train=4,
-                                    num_val=2, image_size=64)
-    name = f"knet_test_cfg{uuid.uuid4().hex[:6]}"
-    register_knet_synthetic(root, name)
-    return name
+    return register_tiny_synthetic(tmp_path_factory.mktemp("syn"), "knet_test_cfg", num_train=4, num_val=2)
 
 
 def test_every_synthetic_config_is_covered():

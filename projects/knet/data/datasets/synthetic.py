@@ -308,7 +308,8 @@ def _thing_pattern(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         lambda: np.sign(np.cos(k * u) * np.cos(k * v)),  # triangle: checks
         lambda: np.where(np.cos(k * u) * np.cos(k * v) > 0.5, 1.0, -1.0),  # star: bright dots on dark
         lambda: np.cos(2 * np.arctan2(v, u) * 6),  # ring: radial spokes
-        lambda: np.where((np.abs(np.sin(k * u)) < 0.35) | (np.abs(np.sin(k * v)) < 0.35), 1.0, -1.0),  # cross: grid
+        # cross: a grid of bright lines
+        lambda: np.where((np.abs(np.sin(k * u)) < 0.35) | (np.abs(np.sin(k * v)) < 0.35), 1.0, -1.0),
     ]
     return patterns[cls % len(patterns)]().astype(np.float32)
 
