@@ -5,7 +5,7 @@
 #
 # .venv-parity is a thin layer over .venv: a `.pth` file makes .venv's site-packages (torch, torchvision,
 # detectron2, this package in editable mode) visible to it, so only the mm* packages are installed here
-# (about 200 MB instead of a second 5.5 GB copy of the CUDA torch build; CI machines have little disk).
+# (about 240 MB instead of a second 5.5 GB copy of the CUDA torch build; CI machines have little disk).
 # None of these packages is a runtime requirement of knet: they live only in this environment.
 # Pins and why:
 #   * torch 2.14.1 / torchvision 0.29.1 / numpy < 2: whatever .venv holds; the constraints file below keeps
