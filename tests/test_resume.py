@@ -13,18 +13,13 @@ import textwrap
 import pytest
 import torch
 from detectron2.engine import HookBase, default_argument_parser
-from model_utils import import_train_net, register_tiny_synthetic
+from model_utils import register_tiny_synthetic
 
 from knet.checkpoint.checkpointer import KNetCheckpointer
 from knet.engine import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "configs", "knet_tiny_panoptic.yaml")
-
-
-@pytest.fixture(scope="module")
-def train_net():
-    return import_train_net()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 from detectron2.engine import default_argument_parser
-from model_utils import import_train_net, register_tiny_synthetic
+from model_utils import register_tiny_synthetic
 
 from knet.engine import Trainer, load_config
 
@@ -20,11 +20,6 @@ CASES = {
     "knet_instance_R18.yaml": ("instance", {"segm": "AP"}, 6),
     "knet_upernet_semantic_tiny.yaml": ("sem_seg", {"sem_seg": "mIoU"}, 11),
 }
-
-
-@pytest.fixture(scope="module")
-def train_net():
-    return import_train_net()
 
 
 @pytest.fixture(scope="module")

@@ -289,7 +289,7 @@ def _draw_thing(rng, cls: int, h: int, w: int) -> Tuple[np.ndarray, Tuple[slice,
     grad = ((xx - center[0]) * np.cos(phi) + (yy - center[1]) * np.sin(phi)) / max(radii.max(), 1.0)
     shade = 1.0 + 0.18 * np.clip(grad, -1.0, 1.0)[..., None]
     # A high-contrast surface pattern typical of the class, in the shape's own frame and at a fixed physical
-    # scale (a period of PATTERN_PERIOD pixels at 256x256), as real objects have class-typical texture as
+    # scale (a period of _PATTERN_PERIOD pixels at 256x256), as real objects have class-typical texture as
     # well as shape; the colour stays random.
     period = _PATTERN_PERIOD * side / 256.0
     u = ((xx - center[0]) * np.cos(angle) + (yy - center[1]) * np.sin(angle)) / period
