@@ -154,6 +154,7 @@ def test_installer_rewrites_are_idempotent_and_reported(tmp_path):
     (pkg / "engine").mkdir(parents=True)
     (pkg / "model_zoo").mkdir()
     (pkg / "layers").mkdir()
+    (pkg / "__init__.py").write_text('__version__ = "0.6"\n')
     (pkg / "layers" / "ops.py").write_text(
         "from detectron2 import _C\nx = np.int(3) + np.float32(1)\ny = np.bool_\ninterp = Image.LINEAR\n"
     )
@@ -176,6 +177,7 @@ def test_installer_rewrites_are_idempotent_and_reported(tmp_path):
     assert "pkg_resources" not in (pkg / "model_zoo" / "model_zoo.py").read_text()
     setup = (tmp_path / "setup.py").read_text()
     assert 'name="detectron2"' in setup and "black" not in setup and "<0.1.10" not in setup
+    assert 'version="0.6+knetcpu' in setup
     assert any("numpy" in k for k in changes) and any("Pillow" in k for k in changes)
     # second pass over already rewritten sources: the source rewrites find nothing left to change
     again = {}
@@ -184,3 +186,129 @@ def test_installer_rewrites_are_idempotent_and_reported(tmp_path):
         assert inst.NUMPY_ALIAS.sub(lambda m: m.group(1), text) == text
         assert inst.C_IMPORT not in text.replace(inst.C_IMPORT_LAZY, "")
     assert again == {}
+
+
+def _installer():
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import install_detectron2 as inst
+    finally:
+        sys.path.pop(0)
+    return inst
+
+
+def _tree_text(root):
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_installer_rewrites_a_detectron2_main_tree(tmp_path):
+    """A miniature of detectron2 main (commit 02b5c4e): ``_C`` imported inside a ``try``, ops called as
+    ``torch.ops.detectron2.<op>``, gloo launch already upstream, configs at the top of the tree. Each rewrite
+    applies where its pattern is, upstream fixes are reported, and a second pass changes nothing."""
+    inst = _installer()
+    pkg = tmp_path / "detectron2"
+    for sub in ("engine", "model_zoo", "layers", "evaluation"):
+        (pkg / sub).mkdir(parents=True)
+    (pkg / "__init__.py").write_text('__version__ = "0.6"\n')
+    (pkg / "layers" / "deform_conv.py").write_text(
+        "import torch\n\nclass DeformConv:\n    pass\n\n\n"
+        "try:\n    from detectron2 import _C\nexcept ImportError:\n"
+        "    DeformConv = None  # placeholder class\n"
+    )
+    (pkg / "layers" / "rotated_boxes.py").write_text(
+        "# header\nfrom __future__ import absolute_import\nimport torch\n\n\ndef iou(a, b):\n"
+        "    return torch.ops.detectron2.box_iou_rotated(a, b)\n"
+    )
+    (pkg / "evaluation" / "fast_eval_api.py").write_text("import copy\n\nfrom detectron2 import _C\n")
+    (pkg / "engine" / "launch.py").write_text(
+        "    has_gpu = torch.cuda.is_available()\n    x = dict(" + inst.UPSTREAM_GLOO + ")\n"
+        + inst.LAUNCH_OLD_MAIN
+    )
+    (pkg / "model_zoo" / "model_zoo.py").write_text("import pkg_resources\n" + inst.ZOO_OLD + "\n")
+    (tmp_path / "configs" / "COCO").mkdir(parents=True)
+    (tmp_path / "configs" / "COCO" / "a.yaml").write_text("MODEL: {}\n")
+    setup_lines = ['name="detectron2",', inst.SETUP_OLD_PACKAGE_DATA, "version=get_version(),",
+                   "ext_modules=get_extensions(),", *inst.RELAXED_REQUIREMENTS, "install_requires=[",
+                   '        "black",', '        "packaging",', "],",
+                   "extras_require={", '"black==22.3.0",', "}"]
+    (tmp_path / "setup.py").write_text("\n".join(setup_lines) + "\n")
+
+    changes = inst.patch_sources(str(tmp_path), "g02b5c4e")
+    deform = (pkg / "layers" / "deform_conv.py").read_text()
+    compile(deform, "deform_conv.py", "exec")  # still valid Python
+    assert "    try:\n        from detectron2 import _C\n    except ImportError:  # knet-compat" in deform
+    rotated = (pkg / "layers" / "rotated_boxes.py").read_text()
+    compile(rotated, "rotated_boxes.py", "exec")
+    assert "torch.ops.detectron2" not in rotated and "_knet_torch_ops.box_iou_rotated(a, b)" in rotated
+    assert rotated.index("from __future__") < rotated.index("import TORCH_OPS")  # __future__ stays first
+    assert "MISSING_C as _C" in (pkg / "evaluation" / "fast_eval_api.py").read_text()
+    launch = (pkg / "engine" / "launch.py").read_text()
+    assert launch.count("destroy_process_group") == 1 and "knet-compat: gloo" not in launch
+    assert "pkg_resources" not in (pkg / "model_zoo" / "model_zoo.py").read_text()
+    assert (pkg / "model_zoo" / "configs" / "COCO" / "a.yaml").is_file()
+    setup = (tmp_path / "setup.py").read_text()
+    assert '        "black",' not in setup and '"black==22.3.0",' in setup and '"packaging",' in setup
+    assert 'version="0.6+g02b5c4e.knetcpu' in setup and "ext_modules=[]," in setup
+    assert "engine.launch: gloo backend without GPU (already upstream, not rewritten)" in changes
+    assert "setup.py: metadata (already upstream, not rewritten)" in changes
+
+    before = _tree_text(tmp_path)
+    again = inst.patch_sources(str(tmp_path), "g02b5c4e")
+    assert _tree_text(tmp_path) == before
+    assert not [k for k in again if "already" not in k and not k.startswith("added ")]
+
+
+def test_installer_refuses_what_is_not_a_detectron2_tree(tmp_path):
+    inst = _installer()
+    with pytest.raises(RuntimeError, match="not a detectron2 source tree"):
+        inst.patch_sources(str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "install_detectron2.py"), "--source",
+         str(tmp_path / "nope")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 2 and "--source" in out.stderr and "no such file or folder" in out.stderr
+
+
+def test_subprocesses_import_the_same_detectron2():
+    """Tests spawn train_net.py, the demo and worker processes with sys.executable: they must get this
+    process's detectron2 (in the test-only layer .venv-d2main: main, not .venv's v0.6)."""
+    import detectron2
+
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, detectron2; print(os.path.realpath(detectron2.__file__))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()[-1]
+    assert out == os.path.realpath(detectron2.__file__)
+
+
+def test_model_zoo_config_found_when_model_zoo_does_not_import(monkeypatch):
+    """knet.utils.model_zoo.get_config_file (used by tools/benchmark.py) works where
+    ``import detectron2.model_zoo`` fails (pkg_resources missing) and gives detectron2's own answer."""
+    import detectron2
+    from detectron2 import model_zoo
+
+    from knet.utils.model_zoo import get_config_file
+
+    name = "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
+    expected = model_zoo.get_config_file(name)
+    assert get_config_file(name) == expected
+    monkeypatch.delattr(detectron2, "model_zoo")
+    for mod in ("detectron2.model_zoo", "detectron2.model_zoo.model_zoo"):
+        monkeypatch.setitem(sys.modules, mod, None)  # `import` raises ImportError
+    with pytest.raises(ImportError):
+        from detectron2 import model_zoo as _  # noqa: F401
+    assert os.path.samefile(get_config_file(name), expected)
+    with pytest.raises(RuntimeError, match="not found in detectron2's model zoo.*does not import"):
+        get_config_file("COCO-PanopticSegmentation/no_such_config.yaml")
+
+
+def test_d2main_layer_explains_a_missing_archive(tmp_path):
+    """tools/d2main_env.sh (make test-d2main) needs ../shared/third_party/detectron2-<commit>.tar.gz;
+    without it it says what is missing and builds nothing."""
+    env = dict(os.environ, KNET_SHARED=str(tmp_path / "no-shared"), D2MAIN_VENV=str(tmp_path / "layer"))
+    out = subprocess.run(["bash", os.path.join(REPO, "tools", "d2main_env.sh")], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "detectron2-<commit>.tar.gz" in out.stderr and "KNET_SHARED" in out.stderr
+    assert not (tmp_path / "layer").exists()

@@ -25,7 +25,7 @@ from knet.data.dataset_mappers.utils import apply_label_transform, transform_mas
 from knet.data.datasets import ensure_synthetic_dataset, register_knet_synthetic
 
 PREFIX = "knet_synthetic_mappertest"
-MEAN = [124, 116, 104]
+LSJ_PAD = [128, 128, 128]  # detectron2 FixedSizeCrop's pad_value, as Mask2Former's LSJ mappers use it
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,8 @@ def test_lsj_pads_small_scales_and_crops_large_ones(names):
         out = build_mapper(cfg, True)(rec)
         img = out["image"].permute(1, 2, 0).numpy()
         assert img.shape == (96, 96, 3)
-        mean = np.array(MEAN, np.uint8)
-        assert (img[24:] == mean).all() and (img[:, 24:] == mean).all()
+        pad = np.array(LSJ_PAD, np.uint8)
+        assert (img[24:] == pad).all() and (img[:, 24:] == pad).all()
         masks = out["instances"].gt_masks.numpy()
         assert masks.shape[1:] == (96, 96) and not masks[:, 24:].any() and not masks[:, :, 24:].any()
         assert len(masks) > 0
@@ -203,7 +203,7 @@ def test_instance_mapper_polygons_crowd_and_empty(tmp_path):
         KNetInstanceDatasetMapper(True, augmentations=[], image_format="RGB")(rec)
 
 
-def test_semantic_mapper_crop_pad_and_dtypes(names):
+def test_semantic_mapper_crops_without_padding(names):
     cfg = make_cfg("knet_semantic", names["sem_seg"])
     cfg.INPUT.SEMANTIC.PHOTOMETRIC = False
     mapper = build_mapper(cfg, True)
@@ -212,18 +212,79 @@ def test_semantic_mapper_crop_pad_and_dtypes(names):
         np.random.seed(seed)
         out = mapper(rec)
         sem = out["sem_seg"]
-        assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, 48, 48)
-        assert sem.dtype == torch.int64 and sem.shape == (48, 48)
+        assert out["image"].dtype == torch.uint8 and out["image"].shape[0] == 3
+        assert sem.dtype == torch.int64 and sem.shape == out["image"].shape[1:]
+        assert max(sem.shape) <= 48  # the 48 px crop
         assert set(sem.unique().tolist()) <= set(range(11)) | {255}
         assert "instances" not in out
 
-    # scale 0.5 * (128, 32) -> 64 px image * 0.25 = 16 px: padded to the 48 px crop with ignore / pixel mean
+    # scale 0.5 * (128, 32) -> 64 px image * 0.25 = 16 px: smaller than the crop, left unpadded (the model
+    # pads after normalisation, see test_semantic_padding_is_zero_after_normalisation)
     cfg.INPUT.SEMANTIC.SCALE = (128, 32)
     cfg.INPUT.SEMANTIC.RATIO_RANGE = (0.5, 0.5)
     out = build_mapper(cfg, True)(recs[1])
-    sem, img = out["sem_seg"].numpy(), out["image"].permute(1, 2, 0).numpy()
-    assert (sem[16:] == 255).all() and (sem[:, 16:] == 255).all() and (sem[:16, :16] != 255).all()
-    assert (img[16:] == np.array(MEAN, np.uint8)).all()
+    assert out["image"].shape == (3, 16, 16) and out["sem_seg"].shape == (16, 16)
+    assert (out["sem_seg"] != 255).all()
+
+
+def test_normalize_and_pad_pads_with_zero_and_ignore():
+    from knet.modeling.semantic_forward import normalize_and_pad
+
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)
+              for h, w in ((20, 30), (37, 9))]
+    labels = [torch.randint(0, 5, img.shape[1:], generator=gen) for img in images]
+    labels[1] = torch.cat([labels[1], torch.full((3, 9), 255)])  # a label map already padded by its mapper
+    batch, targets = normalize_and_pad(images, mean, std, labels, min_size=(24, 32), size_divisibility=8)
+    assert batch.shape == (2, 3, 40, 32) and batch.dtype == torch.float32  # max(37 + 3, 24) -> 40, 32
+    assert targets.shape == (2, 40, 32) and targets.dtype == torch.int64
+    for i, img in enumerate(images):
+        h, w = img.shape[1:]
+        torch.testing.assert_close(batch[i, :, :h, :w], (img.float() - mean) / std, rtol=0, atol=0)
+        assert (batch[i, :, h:] == 0).all() and (batch[i, :, :, w:] == 0).all()
+        lh, lw = labels[i].shape
+        assert torch.equal(targets[i, :lh, :lw], labels[i])
+        assert (targets[i, lh:] == 255).all() and (targets[i, :, lw:] == 255).all()
+    images64 = normalize_and_pad(images, mean.double(), std.double())[0]  # no labels, no sizes: the max
+    assert images64.shape == (2, 3, 37, 30) and images64.dtype == torch.float64
+
+
+def test_semantic_padding_is_zero_after_normalisation(names):
+    """Mapper + model: a padded batch reaches the backbone with exactly 0 in its padding (mmseg pads the
+    normalised image with 0, to the crop size), its labels with 255, and the loss ignores the padding."""
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    add_knet_config(cfg)
+    cfg.merge_from_file("configs/synthetic/knet_upernet_semantic_tiny.yaml")
+    cfg.DATASETS.TRAIN = (names["sem_seg"],)
+    cfg.DATASETS.TEST = ()
+    cfg.INPUT.SEMANTIC.CROP_SIZE = (96, 96)  # the 64 px images (scale 1) are padded to 96
+    cfg.INPUT.SEMANTIC.SCALE = (64, 64)
+    cfg.INPUT.SEMANTIC.RATIO_RANGE = (1.0, 1.0)
+    cfg.INPUT.SEMANTIC.PHOTOMETRIC = False
+    cfg.INPUT.RANDOM_FLIP = "none"
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    mapper = build_mapper(cfg, True)
+    batch = [mapper(r) for r in DatasetCatalog.get(names["sem_seg"])[:2]]
+    seen = {}
+    hook = model.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach()))
+    try:
+        losses = model(batch)
+    finally:
+        hook.remove()
+    x = seen["x"]
+    assert x.shape == (2, 3, 96, 96)
+    for i, d in enumerate(batch):
+        h, w = d["image"].shape[1:]
+        assert (h, w) == (64, 64)
+        norm = (d["image"].float() - model.pixel_mean) / model.pixel_std
+        torch.testing.assert_close(x[i, :, :h, :w], norm, rtol=0, atol=0)
+        assert torch.count_nonzero(x[i, :, h:]) == 0 and torch.count_nonzero(x[i, :, :, w:]) == 0
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_semantic_crop_respects_category_area_constraint(tmp_path):
@@ -239,7 +300,7 @@ def test_semantic_crop_respects_category_area_constraint(tmp_path):
     def max_ratios(cat_max_ratio):
         augs = [RatioRangeResize((128, 128), (1.0, 1.0)),
                 T.RandomCrop_CategoryAreaConstraint("absolute", (64, 64), cat_max_ratio, 255)]
-        mapper = KNetSemanticDatasetMapper(True, augmentations=augs, image_format="RGB", crop_size=(64, 64))
+        mapper = KNetSemanticDatasetMapper(True, augmentations=augs, image_format="RGB")
         ratios = []
         for seed in range(40):
             np.random.seed(seed)

@@ -51,14 +51,18 @@ def test_kernel_scores_diagonal_for_stuff():
 
 
 def test_panoptic_rules():
+    """The fusion rules, on the stride-4 cells (mode "stride4": each cell is a 4 x 4 block of pixels)."""
     cls, masks = panoptic_case()
-    pan, info = panoptic_inference(cls, masks, (24, 32), (24, 32), num_proposals=3, num_thing_classes=2)
+    pan, info = panoptic_inference(
+        cls, masks, (24, 32), (24, 32), num_proposals=3, num_thing_classes=2, mode="stride4"
+    )
     assert pan.shape == (24, 32) and pan.dtype == torch.int32
     by_cat = {s["category_id"]: s for s in info}
     assert set(by_cat) == {1, 2}  # kernel 1 (score .29) and kernel 2 (overlap) dropped; empty stuff dropped
     assert by_cat[1]["isthing"] and not by_cat[2]["isthing"]
     assert by_cat[1]["score"] == pytest.approx(0.9) and by_cat[2]["score"] == pytest.approx(0.05, rel=1e-4)
     assert [s["id"] for s in info] == [1, 2]  # ids in descending score order
+    assert [int((pan == s["id"]).sum()) for s in info] == [192, 336]  # pixel areas of the segments
     # non-overlapping ids, every id in segments_info present in the map and vice versa
     assert set(pan.unique().tolist()) == {0, 1, 2}
     thing_id, stuff_id = by_cat[1]["id"], by_cat[2]["id"]
@@ -70,11 +74,10 @@ def test_panoptic_rules():
 def test_overlap_threshold_keeps_segment_that_mostly_survives():
     cls, masks = panoptic_case()
     cls[2, 0] = logit(0.95)  # now kernel 2 wins its whole block; kernel 0 keeps 9 of its 12 cells (0.75)
-    pan, info = panoptic_inference(cls, masks, (24, 32), (24, 32), num_proposals=3, num_thing_classes=2)
+    kw = dict(num_proposals=3, num_thing_classes=2, mode="stride4")
+    pan, info = panoptic_inference(cls, masks, (24, 32), (24, 32), **kw)
     assert sorted(s["category_id"] for s in info) == [0, 1, 2]
-    pan, info = panoptic_inference(
-        cls, masks, (24, 32), (24, 32), num_proposals=3, num_thing_classes=2, overlap_threshold=0.8
-    )
+    pan, info = panoptic_inference(cls, masks, (24, 32), (24, 32), overlap_threshold=0.8, **kw)
     assert sorted(s["category_id"] for s in info) == [0, 2]  # 0.75 < 0.8: kernel 0 dropped
 
 
@@ -96,9 +99,10 @@ def _category_map(pan, info):
     return out
 
 
-def test_fast_matches_full_resolution_reference():
-    """Deciding at mask resolution agrees with the reference order of operations (upsample everything first)
-    except near segment borders and for segments whose overlap ratio is close to the threshold."""
+def test_approximate_modes_close_to_full_resolution_reference():
+    """The opt-in modes deciding at mask resolution agree with the reference order of operations (upsample
+    everything first) except near segment borders and for segments whose overlap ratio is close to the
+    threshold; the default mode equals it."""
     agree = {False: [], True: []}
     for seed in range(10):
         g = torch.Generator().manual_seed(seed)
@@ -109,10 +113,26 @@ def test_fast_matches_full_resolution_reference():
         kwargs = dict(num_proposals=4, num_thing_classes=3, thing_score_threshold=0.0)
         ref = _category_map(*panoptic_inference_full_resolution(cls, masks, (93, 118), (186, 236), **kwargs))
         for soft in (False, True):
-            fast = panoptic_inference(cls, masks, (93, 118), (186, 236), soft_boundaries=soft, **kwargs)
+            fast = panoptic_inference(
+                cls, masks, (93, 118), (186, 236), mode="soft" if soft else "stride4", **kwargs
+            )
             agree[soft].append((_category_map(*fast) == ref).float().mean().item())
+        exact = panoptic_inference(cls, masks, (93, 118), (186, 236), **kwargs)
+        assert torch.equal(_category_map(*exact), ref)
     assert sum(agree[False]) / 10 > 0.92 and sum(agree[True]) / 10 > 0.95, agree
     assert sorted(agree[True])[5] > 0.99  # the median image agrees almost everywhere
+
+
+def test_soft_boundaries_is_the_soft_mode_and_bad_mode_is_rejected():
+    cls, masks = panoptic_case()
+    kw = dict(num_proposals=3, num_thing_classes=2)
+    a = panoptic_inference(cls, masks, (24, 32), (30, 40), soft_boundaries=True, **kw)
+    b = panoptic_inference(cls, masks, (24, 32), (30, 40), mode="soft", **kw)
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    with pytest.raises(ValueError, match="MODEL.KNET.TEST.PANOPTIC_MODE"):
+        panoptic_inference(cls, masks, (24, 32), (30, 40), mode="fast", **kw)
+    with pytest.raises(ValueError, match="exceeds the padded input"):
+        panoptic_inference(cls, masks, (25, 32), (30, 40), **kw)
 
 
 def test_crop_and_alignment():

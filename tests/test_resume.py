@@ -27,7 +27,7 @@ def tiny_dataset(tmp_path_factory):
     return register_tiny_synthetic(tmp_path_factory.mktemp("syn"), "knet_test_resume", num_train=8, num_val=2)
 
 
-def _args(out_dir, prefix, resume=False):
+def _args(out_dir, prefix, resume=False, extra=()):
     argv = ["--config-file", CONFIG] + (["--resume"] if resume else []) + [
         "OUTPUT_DIR", str(out_dir),
         "DATASETS.TRAIN", f"('{prefix}_panoptic_train',)",
@@ -37,6 +37,7 @@ def _args(out_dir, prefix, resume=False):
         "SOLVER.STEPS", "(4,)",
         "SOLVER.WARMUP_ITERS", "2",
         "SEED", "11",
+        *extra,
     ]
     return default_argument_parser().parse_args(argv)
 
@@ -65,21 +66,42 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_resume_matches_uninterrupted_run(tmp_path, train_net, tiny_dataset, monkeypatch, one_thread):
+@pytest.mark.parametrize("loop", ["this-detectron2", "v0.6-workaround-amp"])
+def test_resume_matches_uninterrupted_run(tmp_path, train_net, tiny_dataset, monkeypatch, one_thread, loop):
+    """``this-detectron2``: the loader restart of the installed detectron2 (``reset_data_loader`` on main, the
+    v0.6 workaround on v0.6); ``v0.6-workaround-amp``: the v0.6 workaround (forced by hiding
+    ``reset_data_loader``) with the AMP loop (bfloat16 on CPU)."""
+    from detectron2.engine import SimpleTrainer
+
+    extra = ()
+    if loop == "v0.6-workaround-amp":
+        monkeypatch.delattr(SimpleTrainer, "reset_data_loader", raising=False)
+        extra = ("SOLVER.AMP.ENABLED", "True")
+    restarts = []
+    real_rebuild = Trainer._v06_rebuild_loop
+    monkeypatch.setattr(Trainer, "_v06_rebuild_loop",
+                        lambda self, dl: restarts.append("_v06_rebuild_loop") or real_rebuild(self, dl))
+    if hasattr(SimpleTrainer, "reset_data_loader"):
+        real_reset = SimpleTrainer.reset_data_loader
+        monkeypatch.setattr(SimpleTrainer, "reset_data_loader",
+                            lambda self, b: restarts.append("reset_data_loader") or real_reset(self, b))
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
-    train_net.main(_args(full_dir, tiny_dataset))
+    train_net.main(_args(full_dir, tiny_dataset, extra=extra))
 
     original = Trainer.build_hooks
     monkeypatch.setattr(Trainer, "build_hooks", lambda self: original(self) + [_Crash(at=3)])
     with pytest.raises(KeyboardInterrupt):
-        train_net.main(_args(resumed_dir, tiny_dataset))
+        train_net.main(_args(resumed_dir, tiny_dataset, extra=extra))
     monkeypatch.setattr(Trainer, "build_hooks", original)
+    assert restarts == []  # nothing to restart in runs that start at iteration 0
     assert (resumed_dir / "last_checkpoint").read_text() == "model_0000002.pth"
     assert not (resumed_dir / "model_final.pth").exists()
     ckpt = torch.load(resumed_dir / "model_0000002.pth", map_location="cpu", weights_only=True)
     assert ckpt["iteration"] == 2 and "optimizer" in ckpt["trainer"]["_trainer"]
 
-    train_net.main(_args(resumed_dir, tiny_dataset, resume=True))
+    train_net.main(_args(resumed_dir, tiny_dataset, resume=True, extra=extra))
+    expected = "reset_data_loader" if hasattr(SimpleTrainer, "reset_data_loader") else "_v06_rebuild_loop"
+    assert restarts == [expected]
 
     full, resumed = _weights(full_dir / "model_final.pth"), _weights(resumed_dir / "model_final.pth")
     assert full.keys() == resumed.keys()

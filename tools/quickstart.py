@@ -58,14 +58,47 @@ def summarize(results):
     return {k: flat[v] for k, v in pick.items() if v in flat}
 
 
+def _draw_segments(rgb, meta, seg, segments, scale=2.0, font=6):
+    """Draw a panoptic segmentation (ids `seg` (H, W); `segments`: dicts with "id", "category_id",
+    "isthing" and optionally "score") on `rgb`, upscaled by `scale`: one colour per class (the same on both
+    panels), a white outline, and a label on each segment: the class name, and for predictions the score."""
+    import numpy as np
+    from detectron2.utils.visualizer import Visualizer
+
+    vis = Visualizer(rgb, meta, scale=scale)
+    vis._default_font_size = font  # detectron2 picks ~3 pt for a 256-pixel image: unreadable
+    names, colors = meta.stuff_classes, meta.stuff_colors  # contiguous ids index both (things first)
+    for s in sorted(segments, key=lambda s: s["isthing"]):  # stuff underneath, things on top
+        mask = (seg == s["id"]).astype(np.uint8)
+        if not mask.any():
+            continue
+        text = names[s["category_id"]]
+        if "score" in s:
+            text += f" {100 * s['score']:.0f}%"
+        color = [c / 255 for c in colors[s["category_id"]]]
+        vis.draw_binary_mask(mask, color=color, edge_color=(1.0, 1.0, 1.0), text=text, alpha=0.45)
+    return vis.get_output().get_image()
+
+
+def _titled(panel, title):
+    """Put `title` in a white strip above `panel` (RGB uint8)."""
+    import cv2
+    import numpy as np
+
+    strip = np.full((28, panel.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(strip, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, panel], axis=0)
+
+
 def render(cfg, weights, out_dir, num):
-    """Draw the ground truth (left) and K-Net's panoptic prediction (right) for `num` val images."""
+    """Draw the ground truth (left) and K-Net's panoptic prediction (right) for `num` val images, 2x upscaled,
+    with class names on every segment and the class score on every predicted one."""
     import cv2
     import numpy as np
     import torch
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.engine import DefaultPredictor
-    from detectron2.utils.visualizer import ColorMode, Visualizer
+    from panopticapi.utils import rgb2id
     from tqdm import tqdm
 
     cfg = cfg.clone()
@@ -76,17 +109,22 @@ def render(cfg, weights, out_dir, num):
     predictor = DefaultPredictor(cfg)
     name = cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)
+    threshold = cfg.MODEL.KNET.TEST.PANOPTIC_THING_SCORE_THRESHOLD
     paths = []
     os.makedirs(out_dir, exist_ok=True)
     for d in tqdm(DatasetCatalog.get(name)[:num], desc="rendering", unit="img"):
         bgr = cv2.imread(d["file_name"])
-        rgb = bgr[:, :, ::-1]
-        gt = Visualizer(rgb, meta, instance_mode=ColorMode.IMAGE).draw_dataset_dict(d).get_image()
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        gt_seg = rgb2id(cv2.imread(d["pan_seg_file_name"])[:, :, ::-1].astype(np.uint32))
+        gt = _draw_segments(rgb, meta, gt_seg, d["segments_info"])
         with torch.no_grad():
             pred = predictor(bgr)  # DefaultPredictor takes BGR and converts to INPUT.FORMAT
         seg, info = pred["panoptic_seg"]
-        vis = Visualizer(rgb, meta, instance_mode=ColorMode.IMAGE)
-        drawn = vis.draw_panoptic_seg_predictions(seg.cpu(), info).get_image()
+        drawn = _draw_segments(rgb, meta, seg.cpu().numpy(), info)
+        n_gt = sum(s["isthing"] for s in d["segments_info"])
+        n_pred = sum(s["isthing"] for s in info)
+        gt = _titled(gt, f"ground truth ({n_gt} things)")
+        drawn = _titled(drawn, f"K-Net ({n_pred} things scoring >= {threshold:.2f})")
         pad = np.full((gt.shape[0], 8, 3), 255, dtype=np.uint8)
         stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
         path = os.path.join(out_dir, stem + "_gt_vs_pred.png")

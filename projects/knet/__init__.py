@@ -6,5 +6,6 @@ pixel decoders, kernel heads, dataset mappers and datasets.
 from .config import add_knet_config
 from . import modeling  # noqa: F401  (registers modules)
 from . import data  # noqa: F401  (registers mappers and datasets)
+from . import export  # noqa: F401  (registers KNetONNX; onnx/onnxruntime are imported only when used)
 
 __all__ = ["add_knet_config"]

@@ -15,6 +15,7 @@ def add_knet_config(cfg):
     _add_solver_config(cfg)
     _add_test_config(cfg)
     _add_semantic_config(cfg)  # last: it adds keys to MODEL.KNET.TEST and TEST.AUG
+    _add_export_config(cfg)
     return cfg
 
 
@@ -116,12 +117,13 @@ def _add_data_config(cfg):
     cfg.INPUT.SEMANTIC.CROP_SIZE = (512, 512)  # (h, w) random crop; smaller images are padded up to it
     cfg.INPUT.SEMANTIC.CAT_MAX_RATIO = 0.75  # a crop may be covered by one class at most this much (1.0: off)
     cfg.INPUT.SEMANTIC.PHOTOMETRIC = True  # mmseg PhotoMetricDistortion (brightness/contrast/saturation/hue)
+    cfg.DATALOADER.MAX_SKIPPED_FRACTION = 0.01  # stop training when more of the train set has bad files
 
 
 def _add_solver_config(cfg):
     """Keys of the optimizer."""
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" (official) or "SGD"
-    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.25  # learning-rate factor of every backbone parameter
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.25  # lr factor of the backbone trunk (bottom_up of an FPN backbone)
 
 
 def _add_test_config(cfg):
@@ -135,6 +137,19 @@ def _add_test_config(cfg):
     t.INSTANCE_SCORE_THRESHOLD = 0.0  # instance output: drop detections scoring below this
     t.PANOPTIC_THING_SCORE_THRESHOLD = 0.3  # panoptic: things need at least this class score
     t.OVERLAP_THRESHOLD = 0.6  # panoptic: keep a segment if this fraction of its mask survives the argmax
-    # panoptic: True upsamples the kept segments' score x probability maps and takes the argmax (smoother
-    # borders, closer to the official code, slower) instead of bringing the kept segments up as bool
-    t.SOFT_BOUNDARIES = False  # panoptic: smooth segment borders (see above); False = bool upsampling (fast)
+    # panoptic post-processing: "exact" = the official full-resolution result, pixel for pixel (computed at
+    # border pixels only); opt-in approximations deciding on the stride-4 cells: "stride4" (bool upsampling,
+    # 4-pixel border steps) and "soft" (bilinear upsampling of the kept segments' maps)
+    t.PANOPTIC_MODE = "exact"  # panoptic: "exact" (default), "stride4" or "soft" (see above)
+    t.SOFT_BOUNDARIES = False  # panoptic, legacy: True selects PANOPTIC_MODE "soft"
+    t.FUSE_BN = True  # inference (eval mode): fold the frozen BatchNorms into the preceding convs
+    t.CHANNELS_LAST = True  # inference: the folded convs run in channels-last memory format (needs FUSE_BN)
+    t.FUSE_EVAL_BN = False  # with FUSE_BN also fold trainable BatchNorm in eval mode (not mmseg's arithmetic)
+
+
+def _add_export_config(cfg):
+    """Keys of the onnxruntime-backed meta-architecture ``KNetONNX`` (knet.export; tools/export_model.py)."""
+    o = cfg.MODEL.KNET.ONNX = CN()
+    o.MODEL = ""  # KNetONNX: the .onnx file written by tools/export_model.py (MODEL.WEIGHTS must be "")
+    o.PROVIDERS = ["CPUExecutionProvider"]  # KNetONNX: onnxruntime execution providers, preferred first
+    o.NUM_THREADS = 0  # KNetONNX: onnxruntime intra-op threads (0: onnxruntime's default)

@@ -8,13 +8,17 @@
   fallback to an unrestricted unpickler.
 * :func:`save_checkpoint` / :func:`save_safetensors` write to a temporary file in the destination folder and
   ``os.replace`` it into place, so an interrupted write never leaves a partial file under the final name.
+  A full disk (``ENOSPC``, also when torch wraps it in a ``RuntimeError``) raises :class:`CheckpointSaveError`
+  saying what happened, which checkpoint is intact and what to do.
 """
 
 import codecs
 import contextlib
+import errno
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from collections import OrderedDict
 
@@ -23,6 +27,7 @@ import torch
 
 __all__ = [
     "CheckpointLoadError",
+    "CheckpointSaveError",
     "atomic_write",
     "load_checkpoint",
     "load_safetensors",
@@ -37,6 +42,61 @@ SAFETENSORS_META_KEY = "knet_checkpoint"
 
 class CheckpointLoadError(RuntimeError):
     """A checkpoint file could not be read safely (or at all)."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written because the disk is full; no file was changed."""
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _no_space_error(err):
+    """The ``OSError`` (ENOSPC/EDQUOT) in the chain of ``err`` (torch wraps it in a RuntimeError), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024.0
+
+
+def _disk_full_message(path: str, existed: bool, cause: OSError) -> str:
+    folder = os.path.dirname(path)
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = "free space unknown"
+    last = None
+    with contextlib.suppress(OSError):
+        with open(os.path.join(folder, "last_checkpoint")) as f:
+            last = f.read().strip() or None
+    if os.path.basename(path) == "last_checkpoint":
+        intact = (f"'{path}' keeps its previous content" + (f" ('{last}')" if last else "") + ", a complete "
+                  "checkpoint")
+    elif last and os.path.isfile(os.path.join(folder, last)):
+        intact = (f"The last complete checkpoint, '{os.path.join(folder, last)}' (named in "
+                  f"'{os.path.join(folder, 'last_checkpoint')}'), is intact")
+        if existed:
+            intact += f", and the earlier '{os.path.basename(path)}' was not modified"
+    elif existed:
+        intact = f"The earlier '{path}' was not modified"
+    else:
+        intact = f"No earlier checkpoint exists in '{folder}'"
+    return (
+        f"Cannot save '{path}': no space left on the device ({free} in '{folder}'; {type(cause).__name__}: "
+        f"{cause.strerror or cause}). Nothing was changed: no partial file is left. {intact}. Free disk "
+        "space (e.g. delete old model_*.pth files) or set OUTPUT_DIR to a disk with room, then run the same "
+        "command with --resume: training continues from the last complete checkpoint."
+    )
 
 
 def _numpy_safe_globals():
@@ -187,17 +247,24 @@ def atomic_write(path, mode="wb"):
     ``path``; on any exception remove it and re-raise, leaving ``path`` untouched (absent or the old file)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    existed = os.path.exists(path)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        cause = _no_space_error(e) if isinstance(e, Exception) else None
+        if cause is not None:
+            message = _disk_full_message(os.path.abspath(path), existed, cause)
+            raise CheckpointSaveError(cause.errno, message) from None
         raise
 
 

@@ -1,10 +1,22 @@
-"""K-Net optimizer: detectron2 parameter groups, a backbone learning-rate multiplier, AdamW or SGD, and
+"""K-Net optimizer: detectron2 parameter groups, a backbone-trunk learning-rate multiplier, AdamW or SGD, and
 full-model gradient-norm clipping.
 
 Official recipe (ZwwWayne/K-Net ``configs/det/_base_/schedules/schedule_1x.py``): AdamW, lr 1e-4, weight decay
 0.05, ``paramwise_cfg.custom_keys={'backbone': lr_mult 0.25}``, ``grad_clip max_norm=1`` over all parameters
 at once. Full-model clipping follows the idea of Mask2Former's ``train_net.py::Trainer.build_optimizer``
 (one norm over every parameter instead of detectron2's per-parameter clipping).
+
+Which parameters get ``SOLVER.BACKBONE_MULTIPLIER``: mmcv 1.x's ``DefaultOptimizerConstructor`` applies a
+custom key to every parameter whose name contains it. In the official det model the FPN is the top-level
+``neck.*``, so ``'backbone'`` reaches only the bottom-up network (ResNet, ResNet-DCN or Swin) and the FPN
+trains at the base rate. In detectron2 the FPN is the backbone module itself, with the bottom-up network as
+its ``bottom_up`` submodule. The rule here is therefore structural, not a name match: the multiplier applies
+to the parameters of the *trunk* of ``model.backbone`` (:func:`backbone_trunk`), which is
+``backbone.bottom_up`` when the backbone wraps one (detectron2's ``FPN`` convention, used by
+``build_knet_resnet_fpn_backbone`` and ``build_knet_swin_fpn_backbone``) and the whole backbone otherwise
+(the semantic models' ResNetV1c / Swin, whose decode head is ``pixel_decoder.*``). mmsegmentation's K-Net
+configs (``configs/knet/knet-s3_*``) set no learning-rate multiplier; our ADE20K configs keep
+``BACKBONE_MULTIPLIER: 1.0``, so every semantic parameter trains at the base rate, as there.
 """
 import logging
 from typing import Any, Dict, List, Type
@@ -17,6 +29,7 @@ from detectron2.solver.build import (
 )
 
 __all__ = [
+    "backbone_trunk",
     "get_knet_optimizer_params",
     "add_full_model_gradient_clipping",
     "build_knet_optimizer",
@@ -25,11 +38,24 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _is_backbone(name: str) -> bool:
-    """True for parameters of the backbone (also under a ``DistributedDataParallel`` ``module.`` prefix)."""
-    if name.startswith("module."):
-        name = name[len("module."):]
-    return name.startswith("backbone.")
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel``/``DataParallel`` wrapper (``model.module``)."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+def backbone_trunk(model: torch.nn.Module):
+    """The sub-network of ``model.backbone`` that the backbone learning-rate multiplier applies to.
+
+    ``backbone.bottom_up`` when the backbone wraps a bottom-up network (detectron2's ``FPN``: the official
+    ``custom_keys={'backbone': ...}`` never reaches the official ``neck.*``, see the module docstring), else
+    the whole ``backbone``; ``None`` for a model without a ``backbone`` attribute.
+    """
+    backbone = getattr(_unwrap(model), "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        return None
+    bottom_up = getattr(backbone, "bottom_up", None)
+    return bottom_up if isinstance(bottom_up, torch.nn.Module) else backbone
 
 
 def get_knet_optimizer_params(
@@ -42,8 +68,9 @@ def get_knet_optimizer_params(
     bias_lr_factor: float = 1.0,
     weight_decay_bias=None,
 ) -> List[Dict[str, Any]]:
-    """detectron2's ``get_default_optimizer_params`` with the learning rate of every parameter whose name
-    starts with ``backbone.`` multiplied by ``backbone_multiplier``.
+    """detectron2's ``get_default_optimizer_params`` with the learning rate of every parameter of the backbone
+    trunk (:func:`backbone_trunk`: ``backbone.bottom_up`` under an FPN, else ``backbone``) multiplied by
+    ``backbone_multiplier``; the FPN and the heads keep the base rate.
 
     detectron2 v0.6 keys ``overrides`` by the parameter's own name (``weight``/``bias``) and has no
     ``lr_factor_func``, so the multiplier is applied on the per-parameter groups afterwards; the groups are
@@ -60,7 +87,13 @@ def get_knet_optimizer_params(
         bias_lr_factor=bias_lr_factor,
         weight_decay_bias=weight_decay_bias,
     )
-    backbone_ids = {id(p) for n, p in model.named_parameters() if _is_backbone(n)}
+    trunk = backbone_trunk(model)
+    if trunk is None and backbone_multiplier != 1.0:
+        raise ValueError(
+            f"SOLVER.BACKBONE_MULTIPLIER = {backbone_multiplier} but {type(model).__name__} has no "
+            "`backbone` module to apply it to: set SOLVER.BACKBONE_MULTIPLIER to 1.0"
+        )
+    backbone_ids = {id(p) for p in trunk.parameters()} if trunk is not None else set()
     per_param = []
     for group in groups:
         hyper = {k: v for k, v in group.items() if k != "params"}
@@ -129,7 +162,7 @@ def build_knet_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     optimizer = optim_cls(params, lr=solver.BASE_LR, **kwargs)
     logger.info(
         f"Optimizer {type(optimizer).__name__}: base lr {solver.BASE_LR}, "
-        f"backbone lr x{solver.BACKBONE_MULTIPLIER},"
+        f"backbone trunk lr x{solver.BACKBONE_MULTIPLIER},"
         f" {len(optimizer.param_groups)} param groups"
     )
     return optimizer

@@ -1,8 +1,9 @@
 """Mixed-precision training step that also runs on CPU.
 
-detectron2 v0.6's ``AMPTrainer`` asserts CUDA. :class:`KNetAMPTrainer` keeps its logic on CUDA (float16
-autocast + ``GradScaler``) and uses bfloat16 autocast on CPU (bfloat16 has float32's range, so no loss scaling
-is needed). The matcher and the losses leave autocast themselves and run in float32 (inside the model).
+detectron2's ``AMPTrainer`` (v0.6 and main) asserts CUDA. :class:`KNetAMPTrainer` keeps its logic on CUDA
+(float16 autocast + ``GradScaler``) and uses bfloat16 autocast on CPU (bfloat16 has float32's range, so no
+loss scaling is needed). The matcher and the losses leave autocast themselves and run in float32 (inside the
+model).
 """
 import time
 
@@ -63,14 +64,23 @@ class KNetAMPTrainer(SimpleTrainer):
         self.optimizer.zero_grad()
         if self.grad_scaler is not None:
             self.grad_scaler.scale(losses).backward()
+            self._after_backward()
             self._write_metrics(loss_dict, data_time)
             # step() unscales first, so the optimizer's (full-model) clipping sees the true gradients
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             losses.backward()
+            self._after_backward()
             self._write_metrics(loss_dict, data_time)
             self.optimizer.step()
+
+    def _after_backward(self):
+        """The ``after_backward`` hook stage of detectron2 main's ``SimpleTrainer``/``AMPTrainer`` (called at
+        the same point of the step); detectron2 v0.6 has no such stage (feature-detected)."""
+        after_backward = getattr(self, "after_backward", None)
+        if after_backward is not None:
+            after_backward()
 
     def state_dict(self):
         ret = super().state_dict()

@@ -9,9 +9,12 @@ Differences from ``DefaultTrainer`` (detectron2 v0.6, ``detectron2/engine/defaul
 * ``SOLVER.AMP.ENABLED`` uses :class:`KNetAMPTrainer` (float16 on CUDA, bfloat16 on CPU);
 * checkpoints hold the optimizer (and grad-scaler) state and the random generators' states, which v0.6's
   ``DefaultTrainer`` leaves out, and the training data loader restarts at the resumed iteration
-  (:mod:`knet.engine.train_loader`): a resumed run ends with the weights of an uninterrupted one;
+  (:mod:`knet.engine.train_loader`): a resumed run ends with the weights of an uninterrupted one. The loader
+  is restarted with ``SimpleTrainer.reset_data_loader`` where detectron2 has it (main); on v0.6 the loop is
+  rebuilt around the new loader (``_v06_rebuild_loop``), no private attribute of detectron2 is written;
 * ``test_with_TTA`` uses the semantic TTA wrapper for semantic datasets and evaluates the others without TTA.
 """
+import functools
 import json
 import logging
 import os
@@ -23,17 +26,20 @@ import numpy as np
 import torch
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.checkpointer import KNetCheckpointer
 from ..data.dataset_mappers.registry import build_mapper
+from ..data.robust import RobustMapper
 from ..evaluation.build import build_evaluator, resolve_evaluator_type
+from ..evaluation.coverage import SkipBadInputs, as_knet_evaluators
 from ..test_time_augmentation import KNetSemanticTTA
 from .optimizer import build_knet_optimizer
 from .setup import check_dataset_metadata
-from .train_loader import build_knet_train_loader
+from .train_loader import BadDataHook, build_knet_train_loader
 from .train_loop import KNetAMPTrainer, model_device_type
 
 __all__ = ["Trainer", "create_knet_ddp_model"]
@@ -114,8 +120,21 @@ class Trainer(DefaultTrainer):
         rebuilt to start at the data of iteration ``i``."""
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
-            self._trainer.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
-            self._trainer._data_loader_iter = iter(self._trainer.data_loader)
+            build = functools.partial(self.build_train_loader, self.cfg, start_iter=self.start_iter)
+            if hasattr(self._trainer, "reset_data_loader"):
+                # detectron2 after v0.6 (main): the supported reset; the iterator is made on first use
+                self._trainer.reset_data_loader(build)
+            else:
+                self._v06_rebuild_loop(build())
+
+    def _v06_rebuild_loop(self, data_loader):
+        """detectron2 v0.6 workaround, to delete with v0.6 support: v0.6's ``SimpleTrainer`` takes the
+        iterator of its data loader in its constructor and has no way to replace it, so a new loop of the same
+        class is built around ``data_loader``, with the same model and optimizer (and the AMP loop's grad
+        scaler, whose state was just loaded)."""
+        old = self._trainer
+        kwargs = {"grad_scaler": old.grad_scaler} if isinstance(old, KNetAMPTrainer) else {}
+        self._trainer = type(old)(old.model, data_loader, old.optimizer, **kwargs)
 
     def state_dict(self):
         ret = super().state_dict()
@@ -152,9 +171,16 @@ class Trainer(DefaultTrainer):
         )
         return build_knet_train_loader(cfg, build_mapper(cfg, True), start_iter=start_iter, dataset=dicts)
 
+    def build_hooks(self):
+        """detectron2's hooks, preceded by :class:`BadDataHook` (counts the samples skipped for bad data
+        files; first, so that the checkpoint of a step includes its skips)."""
+        return [BadDataHook(self.cfg.DATALOADER.MAX_SKIPPED_FRACTION)] + super().build_hooks()
+
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, False))
+        """detectron2's test loader with the K-Net mapper in a ``RobustMapper``: an image with bad data files
+        becomes a placeholder that ``test`` leaves out of the metrics, naming the file."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=RobustMapper(build_mapper(cfg, False)))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -163,7 +189,15 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """detectron2's evaluation, plus ``OUTPUT_DIR/last_eval_results.json`` (written atomically by the main
-        process; after training it holds the final evaluation)."""
+        process; after training it holds the final evaluation). Images with bad data files are left out, named
+        in the log and counted in every task's ``num_images``/``num_skipped_images``
+        (:mod:`knet.evaluation.coverage`)."""
+        if evaluators is not None:
+            names = list(cfg.DATASETS.TEST)
+            evaluators = [evaluators] if isinstance(evaluators, DatasetEvaluator) else evaluators
+            evaluators = [as_knet_evaluators(e, names[i] if i < len(names) else "")
+                          for i, e in enumerate(evaluators)]
+        model = model if isinstance(model, SkipBadInputs) else SkipBadInputs(model)
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and cfg.OUTPUT_DIR and isinstance(results, dict):
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

@@ -27,6 +27,8 @@ from detectron2.evaluation import (
     SemSegEvaluator,
 )
 
+from .coverage import KNetDatasetEvaluators
+
 __all__ = [
     "KNetMetadataError",
     "EVALUATOR_REQUIRED_METADATA",
@@ -137,7 +139,9 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
         output_folder: where evaluators write predictions; default ``<OUTPUT_DIR>/inference``.
 
     Returns:
-        ``DatasetEvaluators`` wrapping every evaluator that applies.
+        ``KNetDatasetEvaluators`` (a ``DatasetEvaluators``) wrapping every evaluator that applies; it leaves
+        the images skipped for bad data files out of the metrics and says so
+        (:mod:`knet.evaluation.coverage`).
 
     Raises:
         KNetMetadataError: the metadata lacks the evaluator type (and it cannot be inferred), or a key an
@@ -187,4 +191,4 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     logger.info(
         f"Evaluators for '{dataset_name}' ({etype}): " + ", ".join(type(e).__name__ for e in evaluators)
     )
-    return DatasetEvaluators(evaluators)
+    return KNetDatasetEvaluators(evaluators, dataset_name)

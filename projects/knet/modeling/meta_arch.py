@@ -21,7 +21,13 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from .criterion import KNetCriterion, prepare_targets
-from .postprocessing import instance_inference, panoptic_inference, semantic_inference
+from .fuse import enable_bn_folding
+from .postprocessing import (
+    instance_inference,
+    panoptic_inference,
+    resolve_panoptic_mode,
+    semantic_inference,
+)
 from .registry import build_kernel_head, build_pixel_decoder
 from .semantic_forward import semantic_forward
 
@@ -107,6 +113,9 @@ class KNet(nn.Module):
         instance_on: bool = False,
         semantic_on: bool = False,
         test_cfg: Dict = None,
+        fuse_bn: bool = False,
+        channels_last: bool = False,
+        fuse_eval_bn: bool = False,
     ):
         """
         Args:
@@ -118,7 +127,11 @@ class KNet(nn.Module):
             size_divisibility: the batch is padded to a multiple of this.
             panoptic_on, instance_on, semantic_on: which outputs inference produces.
             test_cfg: post-processing options: "max_per_image", "mask_threshold", "instance_score_threshold",
-                "thing_score_threshold", "overlap_threshold", "soft_boundaries".
+                "thing_score_threshold", "overlap_threshold", "soft_boundaries", "panoptic_mode".
+            fuse_bn: at inference (eval mode) fold running-statistics BatchNorm into the preceding convs
+                (:func:`knet.modeling.fuse.enable_bn_folding`; training and the state dict are unchanged).
+            channels_last: with ``fuse_bn``, the folded convs run in channels-last memory format.
+            fuse_eval_bn: with ``fuse_bn``, also fold trainable BatchNorm while in eval mode.
         """
         super().__init__()
         self.backbone = backbone
@@ -133,6 +146,8 @@ class KNet(nn.Module):
         self.instance_on = instance_on
         self.semantic_on = semantic_on
         self.test_cfg = dict(test_cfg or {})
+        if fuse_bn:
+            enable_bn_folding(self, channels_last=channels_last, eval_batch_norm=fuse_eval_bn)
 
     @classmethod
     def from_config(cls, cfg):
@@ -169,7 +184,11 @@ class KNet(nn.Module):
                 "thing_score_threshold": t.PANOPTIC_THING_SCORE_THRESHOLD,
                 "overlap_threshold": t.OVERLAP_THRESHOLD,
                 "soft_boundaries": t.SOFT_BOUNDARIES,
+                "panoptic_mode": resolve_panoptic_mode(t.PANOPTIC_MODE, t.SOFT_BOUNDARIES),
             },
+            "fuse_bn": t.FUSE_BN,
+            "channels_last": t.CHANNELS_LAST,
+            "fuse_eval_bn": t.FUSE_EVAL_BN,
         }
 
     @property
@@ -248,6 +267,7 @@ class KNet(nn.Module):
                     thing_score_threshold=cfg.get("thing_score_threshold", 0.3),
                     overlap_threshold=cfg.get("overlap_threshold", 0.6),
                     mask_threshold=cfg.get("mask_threshold", 0.5),
+                    mode=cfg.get("panoptic_mode", "exact"),
                     soft_boundaries=cfg.get("soft_boundaries", False),
                 )
             if self.instance_on:

@@ -5,6 +5,12 @@ Zhang et al., "K-Net", NeurIPS 2021, Sec. 3.4 / 4 (ADE20K). Reference: mmsegment
 ``decode_head.py::BaseDecodeHead.losses`` and ``mmseg/models/segmentors/encoder_decoder.py::{whole_inference,
 slide_inference, inference}`` (knet_spec §3.3 "Semantic segmentation losses", §3.5, §4.4).
 
+* Input: images are normalised first and only then padded, with 0, at the bottom/right: in training up to
+  ``train_pad_size`` (``INPUT.SEMANTIC.CROP_SIZE``) and to a multiple of ``size_divisibility``, the labels
+  alike with the ignore value (mmseg 1.x ``SegDataPreProcessor`` with ``size=crop_size, pad_val=0,
+  seg_pad_val=255``, ``mmseg/models/data_preprocessor.py`` + ``mmseg/models/utils/wrappers.py::stack_batch``;
+  mmseg 0.x ``Normalize`` then ``Pad(size=crop_size, pad_val=0, seg_pad_val=255)`` in
+  ``configs/_base_/datasets/ade20k.py``). The padded pixels are thus exactly 0 after normalisation.
 * Training: every one of the ``1 + S`` logit maps is resized (bilinear, ``align_corners=False``) to the label
   size and scored by softmax cross-entropy with ignore label 255, **averaged over all pixels including the
   ignored ones** (mmseg 0.x ``CrossEntropyLoss`` reduction); keys ``loss_ce_s0..s{S}``. The auxiliary FCN
@@ -22,10 +28,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.structures import ImageList
 
 __all__ = [
     "SemanticOptions",
+    "normalize_and_pad",
     "cross_entropy_all_pixels",
     "semantic_losses",
     "whole_inference",
@@ -40,7 +46,9 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class SemanticOptions:
     """Options of the semantic path (from ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``, ``MODEL.KNET.SEMANTIC.*`` and
-    ``MODEL.KNET.TEST.{SEMANTIC_MODE, SLIDE_CROP_SIZE, SLIDE_STRIDE}``)."""
+    ``MODEL.KNET.TEST.{SEMANTIC_MODE, SLIDE_CROP_SIZE, SLIDE_STRIDE}``, ``INPUT.SEMANTIC.CROP_SIZE``).
+
+    ``train_pad_size``: (h, w) every training batch is padded up to (None: only to the largest image)."""
 
     ignore_value: int = 255
     ce_weight: float = 1.0
@@ -48,6 +56,7 @@ class SemanticOptions:
     test_mode: str = "whole"
     crop_size: Tuple[int, int] = (512, 512)
     stride: Tuple[int, int] = (341, 341)
+    train_pad_size: Optional[Tuple[int, int]] = None
 
     def __post_init__(self):
         if self.test_mode not in ("whole", "slide"):
@@ -56,6 +65,8 @@ class SemanticOptions:
             )
         self.crop_size = _pair(self.crop_size, "MODEL.KNET.TEST.SLIDE_CROP_SIZE")
         self.stride = _pair(self.stride, "MODEL.KNET.TEST.SLIDE_STRIDE")
+        if self.train_pad_size is not None:
+            self.train_pad_size = _pair(self.train_pad_size, "INPUT.SEMANTIC.CROP_SIZE")
 
     @classmethod
     def from_config(cls, cfg) -> "SemanticOptions":
@@ -68,7 +79,16 @@ class SemanticOptions:
             test_mode=t.SEMANTIC_MODE,
             crop_size=tuple(t.SLIDE_CROP_SIZE),
             stride=tuple(t.SLIDE_STRIDE),
+            train_pad_size=_train_pad_size(cfg),
         )
+
+
+def _train_pad_size(cfg) -> Optional[Tuple[int, int]]:
+    sem = cfg.INPUT.get("SEMANTIC", None)
+    crop = None if sem is None else sem.get("CROP_SIZE", None)
+    if crop is None:
+        return None
+    return _pair(tuple(crop) if isinstance(crop, (list, tuple)) else crop, "INPUT.SEMANTIC.CROP_SIZE")
 
 
 def _pair(value, key) -> Tuple[int, int]:
@@ -78,6 +98,51 @@ def _pair(value, key) -> Tuple[int, int]:
     if len(value) != 2 or min(value) <= 0:
         raise ValueError(f"{key} must be two positive integers (h, w), got {value!r}")
     return value
+
+
+def _ceil_to(value: int, divisor: int) -> int:
+    return value if divisor <= 1 else -(-value // divisor) * divisor
+
+
+def normalize_and_pad(
+    images: Sequence[torch.Tensor],
+    pixel_mean: torch.Tensor,
+    pixel_std: torch.Tensor,
+    labels: Optional[Sequence[torch.Tensor]] = None,
+    *,
+    min_size: Optional[Tuple[int, int]] = None,
+    size_divisibility: int = 0,
+    ignore_value: int = 255,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Normalise, then pad a training batch: mmseg 1.x ``SegDataPreProcessor.forward`` + ``stack_batch``.
+
+    Args:
+        images: B uint8 (or float) (3, h_i, w_i) images on the model's device.
+        pixel_mean, pixel_std: (3, 1, 1).
+        labels: B int (h'_i, w'_i) label maps, or None; a label map may be larger than its image (a mapper
+            that pads labels only), the image is then padded to it.
+        min_size: (H, W) the batch is padded up to at least (mmseg ``size=crop_size``), or None.
+        size_divisibility: the batch size is then rounded up to a multiple of it (0 or 1: no rounding).
+        ignore_value: label padding (mmseg ``seg_pad_val``).
+    Returns:
+        (B, 3, H, W) float32 normalised images padded at the bottom/right with exactly 0, and (B, H, W) int64
+        labels padded with ``ignore_value`` (None without labels). H (W) is the largest image or label
+        height (width), at least ``min_size``, rounded up to ``size_divisibility``.
+    """
+    sizes = [tuple(x.shape[-2:]) for x in images] + [tuple(y.shape[-2:]) for y in labels or ()]
+    if min_size is not None:
+        sizes.append(tuple(min_size))
+    height = _ceil_to(max(s[0] for s in sizes), size_divisibility)
+    width = _ceil_to(max(s[1] for s in sizes), size_divisibility)
+    out = pixel_mean.new_zeros((len(images), images[0].shape[0], height, width))
+    for i, x in enumerate(images):
+        out[i, :, : x.shape[-2], : x.shape[-1]] = (x.to(out) - pixel_mean) / pixel_std
+    if labels is None:
+        return out, None
+    targets = torch.full((len(labels), height, width), ignore_value, dtype=torch.int64, device=out.device)
+    for i, y in enumerate(labels):
+        targets[i, : y.shape[-2], : y.shape[-1]] = y.to(targets)
+    return out, targets
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -97,9 +162,11 @@ def cross_entropy_all_pixels(
         target: (B, H, W) int64 class ids, ``ignore_value`` = no loss.
     Returns:
         scalar: the per-pixel CE summed and divided by **all** B*H*W pixels (ignored ones count in the
-        denominator), computed in float32.
+        denominator), computed in float32 (float64 for float64 logits).
     """
-    logits = _resize(logits.float(), target.shape[-2:])
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    logits = _resize(logits, target.shape[-2:])
     loss = F.cross_entropy(logits, target.long(), ignore_index=ignore_value, reduction="none")
     return loss.mean()
 
@@ -227,15 +294,15 @@ def semantic_forward(
             int64 (255 = ignore); ``height``/``width`` give the output size at inference.
         backbone, pixel_decoder, kernel_head: the model's modules; the training mode is ``kernel_head``'s.
         pixel_mean, pixel_std: (3, 1, 1) tensors on the model's device.
-        size_divisibility: training batches are padded to a multiple of it (images with 0 after
-            normalisation, labels with the ignore value).
+        size_divisibility: training batches are padded (see :func:`normalize_and_pad`: to at least
+            ``options.train_pad_size``, then) to a multiple of it, images with 0 after normalisation, labels
+            with the ignore value.
         options: defaults to ``kernel_head.semantic_options``.
     Returns:
         training: the loss dict of :func:`semantic_losses`; inference: a list of ``{"sem_seg": (C, H, W)}``.
     """
     options = options or getattr(kernel_head, "semantic_options", None) or SemanticOptions()
     device = pixel_mean.device
-    images = [(x["image"].to(device) - pixel_mean) / pixel_std for x in batched_inputs]
 
     def logits_fn(x: torch.Tensor):
         dec = pixel_decoder(backbone(x))
@@ -247,13 +314,16 @@ def semantic_forward(
                 "semantic K-Net training needs 'sem_seg' in every input dict; use a semantic mapper "
                 "(INPUT.DATASET_MAPPER_NAME 'knet_semantic') on a dataset with sem_seg_file_name"
             )
-        batch = ImageList.from_tensors(images, size_divisibility)
-        targets = ImageList.from_tensors(
+        batch, targets = normalize_and_pad(
+            [x["image"].to(device) for x in batched_inputs],
+            pixel_mean,
+            pixel_std,
             [x["sem_seg"].to(device) for x in batched_inputs],
-            size_divisibility,
-            pad_value=options.ignore_value,
-        ).tensor.long()
-        dec = pixel_decoder(backbone(batch.tensor))
+            min_size=options.train_pad_size,
+            size_divisibility=size_divisibility,
+            ignore_value=options.ignore_value,
+        )
+        dec = pixel_decoder(backbone(batch))
         stage_logits = kernel_head(dec["feat"], dec["init_kernels"], dec["init_logits"])
         return semantic_losses(
             stage_logits,
@@ -264,6 +334,7 @@ def semantic_forward(
             aux_weight=options.aux_weight,
         )
 
+    images = [(x["image"].to(device) - pixel_mean) / pixel_std for x in batched_inputs]
     output_sizes = [
         (x.get("height", img.shape[-2]), x.get("width", img.shape[-1]))
         for x, img in zip(batched_inputs, images)

@@ -15,7 +15,8 @@ __all__ = ["KNetInstanceLSJDatasetMapper"]
 class KNetInstanceLSJDatasetMapper(KNetInstanceDatasetMapper):
     """:class:`KNetInstanceDatasetMapper` with large-scale jitter; training outputs are
     IMAGE_SIZE x IMAGE_SIZE
-    (padding: image = pixel mean, masks = False); instances cropped away entirely are dropped."""
+    (padding: image = 128 before normalisation, masks = False); instances cropped away entirely are
+    dropped."""
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):

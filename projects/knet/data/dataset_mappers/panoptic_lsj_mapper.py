@@ -31,15 +31,22 @@ def build_lsj_augmentation(cfg, is_train: bool):
     return augs
 
 
+# The LSJ recipe pads the uint8 image with 128 before normalisation: detectron2's ``T.FixedSizeCrop``
+# (``pad_value=128.0``, ``seg_pad_value=255``; ``detectron2/data/transforms/augmentation_impl.py``), as used
+# unchanged by Mask2Former's ``coco_{panoptic,instance}_new_baseline_dataset_mapper.py::build_transform_gen``
+# and detectron2's ``configs/new_baselines/*_LSJ.py``. (The official K-Net has no LSJ recipe; the non-LSJ
+# mappers pad nothing and the model pads the normalised batch with 0, as mmdet 2.x ``Normalize`` + ``Pad``.)
+LSJ_IMAGE_PAD_VALUE = 128
+
+
 def lsj_pad_value(cfg):
-    """The image is padded with the pixel mean (rounded), which the model normalises to ~0, like its own
-    padding."""
-    return [int(round(v)) for v in cfg.MODEL.PIXEL_MEAN]
+    """Image padding of the LSJ recipe: 128 in every channel, before normalisation (see above)."""
+    return LSJ_IMAGE_PAD_VALUE
 
 
 def with_lsj(mapper_args: dict, cfg, is_train: bool) -> dict:
     """Turn a mapper's ``from_config`` arguments into its large-scale-jitter variant: LSJ augmentations and,
-    in training, padding to ``INPUT.IMAGE_SIZE`` with the pixel mean."""
+    in training, padding to ``INPUT.IMAGE_SIZE`` (image: 128, before normalisation)."""
     mapper_args["augmentations"] = build_lsj_augmentation(cfg, is_train)
     if is_train:
         mapper_args["pad_size"] = (cfg.INPUT.IMAGE_SIZE, cfg.INPUT.IMAGE_SIZE)
@@ -51,7 +58,7 @@ def with_lsj(mapper_args: dict, cfg, is_train: bool) -> dict:
 class KNetPanopticLSJDatasetMapper(KNetPanopticDatasetMapper):
     """:class:`KNetPanopticDatasetMapper` with large-scale jitter; training outputs are
     IMAGE_SIZE x IMAGE_SIZE
-    (padding: image = pixel mean, masks = False, sem_seg = ignore_label)."""
+    (padding: image = 128 before normalisation, masks = False, sem_seg = ignore_label)."""
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):

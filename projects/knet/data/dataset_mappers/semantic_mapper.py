@@ -3,12 +3,18 @@
 Recipe of the K-Net semantic configs (mmsegmentation ``configs/_base_/datasets/ade20k.py``, used by
 ``configs/knet/knet_s3_*_ade20k-512x512.py``): resize by a random ratio in ``RATIO_RANGE`` of ``SCALE``
 keeping the aspect ratio, random crop ``CROP_SIZE`` in which no class covers more than ``CAT_MAX_RATIO``
-(detectron2's ``RandomCrop_CategoryAreaConstraint``, 10 tries), flip, photometric distortion, pad to
-``CROP_SIZE``.
+(detectron2's ``RandomCrop_CategoryAreaConstraint``, 10 tries), flip, photometric distortion.
+
+No padding here: mmsegmentation pads *after* normalisation, the image with 0 and the labels with 255, up to
+the crop size (1.x: ``SegDataPreProcessor(size=crop_size, pad_val=0, seg_pad_val=255)`` of the model;
+0.x: ``Normalize`` then ``Pad(size=crop_size, pad_val=0, seg_pad_val=255)`` in the pipeline). A uint8 image
+cannot hold the padding value ``-mean / std``, so the model pads the normalised batch exactly like that
+(:func:`knet.modeling.semantic_forward.normalize_and_pad`, to ``INPUT.SEMANTIC.CROP_SIZE``), the detectron2
+way (``ImageList.from_tensors`` also pads normalised tensors with 0).
 """
 import copy
 import logging
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -23,7 +29,6 @@ from .utils import (
     check_dataset_metadata,
     image_to_tensor,
     map_test_image,
-    pad_to_size,
     read_label_map,
 )
 
@@ -53,37 +58,31 @@ def build_semantic_augmentation(cfg, is_train: bool, ignore_label: int = 255) ->
 @KNET_MAPPER_REGISTRY.register_as("knet_semantic")
 class KNetSemanticDatasetMapper:
     """Map a semantic record (``file_name``, ``sem_seg_file_name``: a label PNG of contiguous ids, ignore
-    value ``ignore_label``) to ``image`` + ``sem_seg`` (int64 (H, W), padding = ``ignore_label``).
+    value ``ignore_label``) to ``image`` (uint8 (3, H, W)) + ``sem_seg`` (int64 (H, W), same size).
 
-    Training steps: read image and labels (8- or 16-bit PNG); the augmentations above on both (labels with
-    exact nearest neighbour); pad image (pixel mean) and labels (``ignore_label``) to ``crop_size``; check
-    that every
-    label is a class id below ``num_classes`` or the ignore value. At test time only the shortest-edge resize.
+    Training steps: read image and labels (8- or 16-bit PNG); check that every label is a class id below
+    ``num_classes`` or the ignore value; the augmentations above on both (labels with exact nearest
+    neighbour). Image and labels are not padded (the model pads the normalised batch, see the module
+    docstring). At test time only the shortest-edge resize.
     """
 
     REQUIRED_METADATA = ("ignore_label", "stuff_classes")
 
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str = "RGB",
-                 ignore_label: int = 255, crop_size: Optional[Tuple[int, int]] = None, image_pad_value=0,
-                 num_classes: Optional[int] = None):
+                 ignore_label: int = 255, num_classes: Optional[int] = None):
         """
         Args:
             is_train: training (targets) or test mode (image only).
             augmentations: detectron2 augmentations applied to image and labels.
             image_format: ``INPUT.FORMAT``.
-            ignore_label: the label value to ignore, also used to pad the labels.
-            crop_size: (h, w) to pad the outputs to (None: no padding).
-            image_pad_value: image padding (scalar or per channel); the pixel mean from the config mimics
-                mmseg's zero padding after normalisation.
+            ignore_label: the label value to ignore (also the model's label padding).
             num_classes: if given, labels other than ``0..num_classes-1`` and ``ignore_label`` are an error.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
-        self.crop_size = tuple(crop_size) if crop_size is not None else None
-        self.image_pad_value = image_pad_value
         self.num_classes = num_classes
         mode = "training" if is_train else "inference"
         logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations in {mode}: {augmentations}")
@@ -103,13 +102,7 @@ class KNetSemanticDatasetMapper:
             if hasattr(cfg.MODEL, "KNET") and num_classes > cfg.MODEL.KNET.NUM_CLASSES:
                 raise ValueError(f"Dataset {names[0]!r} has {num_classes} classes (stuff_classes) but "
                                  f"MODEL.KNET.NUM_CLASSES={cfg.MODEL.KNET.NUM_CLASSES}.")
-            sem = cfg.INPUT.SEMANTIC
-            crop = sem.CROP_SIZE
-            ret.update(
-                ignore_label=ignore_label, num_classes=num_classes,
-                crop_size=tuple(crop) if isinstance(crop, (list, tuple)) else (crop, crop),
-                image_pad_value=[int(round(v)) for v in cfg.MODEL.PIXEL_MEAN],
-            )
+            ret.update(ignore_label=ignore_label, num_classes=num_classes)
         ret["augmentations"] = build_semantic_augmentation(cfg, is_train, ignore_label)
         return ret
 
@@ -137,10 +130,6 @@ class KNetSemanticDatasetMapper:
         aug_input = LabelAugInput(image, sem_seg=label)
         self.augmentations(aug_input)
         image, label = aug_input.image, aug_input.sem_seg
-        if self.crop_size is not None:
-            size = (max(self.crop_size[0], image.shape[0]), max(self.crop_size[1], image.shape[1]))
-            image = pad_to_size(image, size, self.image_pad_value)
-            label = pad_to_size(label, size, self.ignore_label)
 
         dataset_dict["image"] = image_to_tensor(image)
         dataset_dict["sem_seg"] = torch.as_tensor(label.astype(np.int64))

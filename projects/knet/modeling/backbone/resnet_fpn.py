@@ -8,16 +8,26 @@ Reference: ``ZwwWayne/K-Net:configs/det/_base_/models/knet_s3_r50_fpn*.py`` (kne
 Config: ``MODEL.BACKBONE.NAME: build_knet_resnet_fpn_backbone``, ``MODEL.RESNETS.DEPTH`` (18/34/50/101/152),
 ``MODEL.RESNETS.STRIDE_IN_1X1: False`` (torchvision weights), ``MODEL.BACKBONE.FREEZE_AT: 2`` (stem + res2),
 ``MODEL.RESNETS.NORM: "KNetFrozenStatsBN"`` (batch statistics frozen, affine trainable) and
-``MODEL.RESNETS.DEFORM_ON_PER_STAGE: [False, True, True, True]`` for the DCN models.
+``MODEL.RESNETS.DEFORM_ON_PER_STAGE: [False, True, True, True]`` for the DCN models (mmcv ``DCN`` = v1:
+``DEFORM_MODULATED: False``), whose deformable convs are :mod:`knet.modeling.backbone.deform_conv`'s
+(torchvision's kernels; no compiled detectron2 op needed).
 """
 
 import torch
-from detectron2.layers import ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN
-from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet, build_resnet_backbone
+from detectron2.modeling.backbone.resnet import (
+    BasicBlock,
+    BasicStem,
+    BottleneckBlock,
+    ResNet,
+    build_resnet_backbone,
+)
 from torch import nn
 from torch.nn import functional as F
+
+from .deform_conv import DeformBottleneckBlock
 
 __all__ = ["FrozenStatsBatchNorm2d", "build_knet_resnet_fpn_backbone", "FROZEN_STATS_BN"]
 
@@ -67,21 +77,53 @@ class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
         return module
 
 
-def _check_deformable(cfg):
-    if not any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
-        return
-    try:
-        import detectron2._C  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError(
-            "MODEL.RESNETS.DEFORM_ON_PER_STAGE = {} asks for deformable convolutions, which need "
-            "detectron2's compiled C++/CUDA ops, but this detectron2 was installed without them ({}). Build "
-            "detectron2 from source with its ops "
-            "(https://detectron2.readthedocs.io/en/latest/tutorials/install.html), or use "
-            "a config without DCN (set MODEL.RESNETS.DEFORM_ON_PER_STAGE to all False).".format(
-                list(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE), e
-            )
-        ) from e
+def _build_deformable_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
+    """detectron2's ``build_resnet_backbone`` for a config with ``MODEL.RESNETS.DEFORM_ON_PER_STAGE``, with
+    this package's :class:`~knet.modeling.backbone.deform_conv.DeformBottleneckBlock` (torchvision's
+    deformable conv: CPU and CUDA, no compiled detectron2 op) in the deformable stages. Same stages, names,
+    strides, dilation and freezing as detectron2's builder (``detectron2/modeling/backbone/resnet.py``)."""
+    r = cfg.MODEL.RESNETS
+    if r.DEPTH not in (50, 101, 152):
+        raise ValueError(
+            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE = {list(r.DEFORM_ON_PER_STAGE)} needs a bottleneck ResNet "
+            f"(MODEL.RESNETS.DEPTH 50, 101 or 152), got DEPTH {r.DEPTH}; set DEFORM_ON_PER_STAGE to all "
+            "False."
+        )
+    if r.RES5_DILATION not in (1, 2):
+        raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {r.RES5_DILATION}.")
+    blocks = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[r.DEPTH]
+    stem = BasicStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm=r.NORM)
+    in_ch, out_ch, mid_ch = r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS, r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    stages = []
+    for idx, n in enumerate(blocks):
+        dilation = r.RES5_DILATION if idx == 3 else 1
+        first_stride = 1 if idx == 0 or (idx == 3 and dilation == 2) else 2
+        kwargs = dict(
+            num_blocks=n, stride_per_block=[first_stride] + [1] * (n - 1), in_channels=in_ch,
+            out_channels=out_ch, norm=r.NORM, bottleneck_channels=mid_ch, stride_in_1x1=r.STRIDE_IN_1X1,
+            dilation=dilation, num_groups=r.NUM_GROUPS,
+        )
+        if r.DEFORM_ON_PER_STAGE[idx]:
+            kwargs.update(block_class=DeformBottleneckBlock, deform_modulated=r.DEFORM_MODULATED,
+                          deform_num_groups=r.DEFORM_NUM_GROUPS)
+        else:
+            kwargs.update(block_class=BottleneckBlock)
+        stages.append(ResNet.make_stage(**kwargs))
+        in_ch, out_ch, mid_ch = out_ch, out_ch * 2, mid_ch * 2
+    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+def _drop_frozen_bn_counters(module: nn.Module) -> None:
+    """Remove the ``num_batches_tracked`` counter from detectron2's ``FrozenBatchNorm2d`` layers.
+
+    detectron2 main's ``FrozenBatchNorm2d.convert_frozen_batchnorm`` (used by ``ResNet.freeze``) carries the
+    BatchNorm's counter over as a buffer; v0.6's has none. A frozen layer never counts, so the counter is
+    dropped: the model has the same state-dict names on both versions, converted official checkpoints (which
+    carry no counters, see :mod:`knet.checkpoint.resnet`) load with nothing missing, and checkpoints move
+    between the versions. Feature-detected (a no-op on v0.6)."""
+    for m in module.modules():
+        if isinstance(m, FrozenBatchNorm2d) and getattr(m, "num_batches_tracked", None) is not None:
+            m.num_batches_tracked = None
 
 
 def build_knet_fpn(cfg, bottom_up) -> FPN:
@@ -125,14 +167,17 @@ def build_knet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     p2-p5 for res2-res5). With ``MODEL.RESNETS.NORM = "KNetFrozenStatsBN"`` the not-frozen stages use
     :class:`FrozenStatsBatchNorm2d`; any other value is passed to detectron2 unchanged. The FPN convs are
     initialised xavier-uniform with zero bias (mmdet's FPN default)."""
-    _check_deformable(cfg)
     frozen_stats = cfg.MODEL.RESNETS.NORM == FROZEN_STATS_BN
     if frozen_stats:
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.RESNETS.NORM = "BN"  # built as BN, converted below after the frozen stages took FrozenBN
     narrow = cfg.MODEL.RESNETS.DEPTH in (18, 34) and cfg.MODEL.RESNETS.RES2_OUT_CHANNELS != 64
-    bottom_up = (_build_narrow_basic_resnet if narrow else build_resnet_backbone)(cfg, input_shape)
+    if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
+        bottom_up = _build_deformable_resnet(cfg, input_shape)
+    else:
+        bottom_up = (_build_narrow_basic_resnet if narrow else build_resnet_backbone)(cfg, input_shape)
+    _drop_frozen_bn_counters(bottom_up)
     if frozen_stats:
         FrozenStatsBatchNorm2d.convert(bottom_up)
     return build_knet_fpn(cfg, bottom_up)

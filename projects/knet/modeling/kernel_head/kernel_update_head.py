@@ -3,7 +3,7 @@
 Zhang et al., "K-Net", NeurIPS 2021, §3.2 (group feature assembling, adaptive kernel update, kernel
 interaction). Reference code: ``ZwwWayne/K-Net:knet/det/kernel_update_head.py`` (det variant, hard masks
 and a classifier) and ``knet/seg/kernel_update_head.py`` = mmsegmentation ``KernelUpdateHead`` (semantic
-variant: soft masks, no classifier). knet_spec §2.1-2.3 describes both; §3.3b the initialisation.
+variant: soft masks, no classifier). Initialisation: :meth:`KernelUpdateHead.reset_parameters`.
 """
 
 import math
@@ -84,6 +84,7 @@ class KernelUpdateHead(nn.Module):
         hard_mask_threshold=0.5,
         updator_channels=None,
         with_ffn=True,
+        xavier_init=True,
     ):
         """
         Args:
@@ -99,6 +100,9 @@ class KernelUpdateHead(nn.Module):
             updator_channels (int or None): width of the :class:`KernelUpdator` (None = ``in_channels``);
                 ``in_channels`` must be a multiple of it.
             with_ffn (bool): build the FFN (True in every released config).
+            xavier_init (bool): initialise as the official det head's ``init_weights`` (True, det) or keep
+                the construction-time initialisation that mmsegmentation's semantic head ends up with
+                (False, semantic); see :meth:`reset_parameters`.
         """
         super().__init__()
         if mask_mode not in ("hard", "soft"):
@@ -114,6 +118,7 @@ class KernelUpdateHead(nn.Module):
         self.conv_kernel_size = conv_kernel_size
         self.mask_mode = mask_mode
         self.hard_mask_threshold = hard_mask_threshold
+        self.xavier_init = xavier_init
         kernel_dim = in_channels * conv_kernel_size**2
 
         # registration order follows the reference (and knet_spec §6.1)
@@ -136,8 +141,29 @@ class KernelUpdateHead(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """knet_spec §3.3b: xavier-uniform for every parameter with >= 2 dims; LN and biases keep the
-        PyTorch defaults; ``fc_cls.bias`` = -log((1 - 0.01) / 0.01) (focal prior 0.01)."""
+        """The initialisation the reference models train from (docs/architecture.md, "Initialisation audit").
+
+        Common to both variants: ``feat_transform`` is an mmcv ``ConvModule`` in the reference, whose
+        construction runs ``ConvModule.init_weights`` (mmcv 1.x/2.x ``mmcv/cnn/bricks/conv_module.py``):
+        Kaiming-normal weight (``fan_out``, ReLU gain) and a **zero bias**. The attention, LayerNorms and
+        Linears start with PyTorch's defaults (``nn.MultiheadAttention``: xavier-uniform ``in_proj_weight``,
+        zero ``in_proj_bias`` / ``out_proj.bias``).
+
+        * ``xavier_init=True`` (det): the official ``KernelIterHead.init_weights`` calls
+          ``KernelUpdateHead.init_weights`` (ZwwWayne/K-Net ``knet/det/kernel_update_head.py``):
+          xavier-uniform for every parameter with >= 2 dims (``feat_transform.weight`` included); 1-dim
+          parameters keep their values (LN 1/0, Linear biases PyTorch-uniform, ``feat_transform.bias`` 0);
+          ``fc_cls.bias`` = -log((1 - 0.01) / 0.01), mmcv ``bias_init_with_prob(0.01)`` (sigmoid focal loss).
+        * ``xavier_init=False`` (semantic): in mmsegmentation (``mmseg/models/decode_heads/knet_head.py``,
+          and ``knet/seg/iter_decode_head.py`` of the official code) the update heads sit in an
+          ``nn.ModuleList`` of ``IterativeDecodeHead``; ``BaseModule.init_weights`` only calls
+          ``init_weights`` on children that have one, which a ``ModuleList`` has not, so
+          ``KernelUpdateHead.init_weights`` never runs and the construction-time values stay.
+        """
+        nn.init.kaiming_normal_(self.feat_transform.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.feat_transform.bias)
+        if not self.xavier_init:
+            return
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)

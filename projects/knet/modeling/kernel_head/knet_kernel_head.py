@@ -125,6 +125,7 @@ class KNetKernelHead(nn.Module):
                     mask_mode="hard",
                     hard_mask_threshold=hard_mask_threshold,
                     updator_channels=updator_channels,
+                    xavier_init=True,  # official KernelIterHead.init_weights -> KernelUpdateHead.init_weights
                 )
                 for _ in range(num_stages)
             ]
@@ -132,8 +133,13 @@ class KNetKernelHead(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """knet_spec §3.3b: loc/seg convs N(0, 0.01); ``init_kernels`` N(0, 1); ``conv_seg`` N(0, 0.01)
-        with bias -log(99) (prior 0.01). The update heads initialise themselves (xavier)."""
+        """As the official ``ConvKernelHead.init_weights`` (ZwwWayne/K-Net ``knet/det/kernel_head.py``) with
+        the det configs' ``conv_normal_init=True``, ``feat_downsample_stride=2``,
+        ``xavier_init_kernel=False``, ``kernel_init_std=1``: loc/seg convs N(0, 0.01) (zero bias if any; their
+        GroupNorms keep weight 1 / bias 0, mmcv ``ConvModule.init_weights``); ``init_kernels`` N(0, 1);
+        ``conv_seg`` N(0, 0.01) with bias -log((1 - 0.01) / 0.01) (mmcv ``bias_init_with_prob(0.01)``, sigmoid
+        focal loss). The update heads initialise themselves (:meth:`KernelUpdateHead.reset_parameters`,
+        ``xavier_init=True``)."""
         for conv in list(self.loc_convs) + list(self.seg_convs):
             nn.init.normal_(conv.weight, std=0.01)
             if conv.bias is not None:

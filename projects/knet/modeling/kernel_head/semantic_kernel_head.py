@@ -68,6 +68,7 @@ class KNetSemanticKernelHead(nn.Module):
                     conv_kernel_size=conv_kernel_size,
                     mask_mode="soft",
                     updator_channels=updator_channels,
+                    xavier_init=False,  # mmseg never calls KernelUpdateHead.init_weights (ModuleList)
                 )
                 for _ in range(num_stages)
             ]

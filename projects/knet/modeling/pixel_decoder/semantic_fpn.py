@@ -101,7 +101,9 @@ class KNetSemanticFPN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """Every conv N(0, 0.01), bias 0 (reference ``SemanticFPNWrapper.init_weights``)."""
+        """Every conv N(0, 0.01), bias 0 (ZwwWayne/K-Net ``knet/det/semantic_fpn_wrapper.py``,
+        ``SemanticFPNWrapper.init_weights``); the norms keep weight 1 / bias 0 (mmcv
+        ``ConvModule.init_weights`` and PyTorch's default agree)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
