@@ -17,34 +17,12 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
-import types
+
+from parity.mmcv_shim import _OpsModule  # the placeholder module is the same for mmcv 1.x and 2.x
 
 __all__ = ["install_mmcv1_ops_shim", "SHIM_MARKER"]
 
 SHIM_MARKER = "__knet_mmcv1_ops_shim__"
-
-
-def _missing(name):
-    def _raise(*args, **kwargs):
-        raise RuntimeError(
-            f"mmcv.ops.{name} is a compiled mmcv op, replaced by the knet parity test shim "
-            "(tests/parity/mmcv1_shim.py); K-Net's training path should never call it."
-        )
-
-    # A class, so that `from mmcv.ops import X`, `X(...)`, `class Y(X)` and decorators' attribute look-ups
-    # import fine and fail only when instantiated or called.
-    return type(
-        name, (), {"__new__": lambda cls, *a, **k: _raise(), "__call__": _raise, "__module__": "mmcv.ops"}
-    )
-
-
-class _OpsModule(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = _missing(name)
-        setattr(self, name, value)
-        return value
 
 
 def install_mmcv1_ops_shim():

@@ -22,7 +22,8 @@ def _missing(name):
     def _raise(*args, **kwargs):
         raise RuntimeError(
             f"mmcv.ops.{name} is a compiled mmcv op, replaced by the knet parity test shim "
-            "(tests/parity/mmcv_shim.py); install the full `mmcv` package to use it."
+            "(tests/parity/mmcv_shim.py, mmcv1_shim.py); the reference code's path should never call it "
+            "(install the full `mmcv` package to use it)."
         )
 
     # A class, so that both `op(...)` and `class X(op)` fail only when instantiated or called.
@@ -32,6 +33,8 @@ def _missing(name):
 
 
 class _OpsModule(types.ModuleType):
+    """A module whose every public attribute is a placeholder for a compiled op (shared by both shims)."""
+
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)

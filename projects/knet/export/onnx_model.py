@@ -20,6 +20,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
+from ..modeling.meta_arch import knet_test_cfg
 from ..modeling.postprocessing import instance_inference, panoptic_inference, semantic_inference
 from ..modeling.semantic_forward import SemanticOptions
 from ..modeling.semantic_forward import semantic_inference as semantic_path_inference
@@ -150,16 +151,7 @@ class KNetONNX(nn.Module):
             "panoptic_on": t.PANOPTIC_ON,
             "instance_on": t.INSTANCE_ON,
             "semantic_on": t.SEMANTIC_ON,
-            "test_cfg": {
-                "max_per_image": t.MAX_PER_IMAGE,
-                "mask_threshold": t.MASK_THRESHOLD,
-                "instance_score_threshold": t.INSTANCE_SCORE_THRESHOLD,
-                "thing_score_threshold": t.PANOPTIC_THING_SCORE_THRESHOLD,
-                "overlap_threshold": t.OVERLAP_THRESHOLD,
-                "soft_boundaries": t.SOFT_BOUNDARIES,
-                # the panoptic post-processing mode, where the config has the key (as KNet reads it)
-                "panoptic_mode": t.get("PANOPTIC_MODE", None),
-            },
+            "test_cfg": knet_test_cfg(cfg),
             "semantic_options": SemanticOptions.from_config(cfg),
         }
 

@@ -88,6 +88,21 @@ def check_dataset_metadata(cfg, semantic: bool = False) -> None:
                 )
 
 
+def knet_test_cfg(cfg) -> dict:
+    """The post-processing options read from ``MODEL.KNET.TEST`` (the ``test_cfg`` of :class:`KNet` and of the
+    onnxruntime-backed ``KNetONNX``); the panoptic mode is validated here, so a wrong value fails at build."""
+    t = cfg.MODEL.KNET.TEST
+    return {
+        "max_per_image": t.MAX_PER_IMAGE,
+        "mask_threshold": t.MASK_THRESHOLD,
+        "instance_score_threshold": t.INSTANCE_SCORE_THRESHOLD,
+        "thing_score_threshold": t.PANOPTIC_THING_SCORE_THRESHOLD,
+        "overlap_threshold": t.OVERLAP_THRESHOLD,
+        "soft_boundaries": t.SOFT_BOUNDARIES,
+        "panoptic_mode": resolve_panoptic_mode(t.PANOPTIC_MODE, t.SOFT_BOUNDARIES),
+    }
+
+
 @META_ARCH_REGISTRY.register()
 class KNet(nn.Module):
     """K-Net for instance, panoptic (and, through the semantic seam, semantic) segmentation.
@@ -177,15 +192,7 @@ class KNet(nn.Module):
             "panoptic_on": t.PANOPTIC_ON,
             "instance_on": t.INSTANCE_ON,
             "semantic_on": t.SEMANTIC_ON,
-            "test_cfg": {
-                "max_per_image": t.MAX_PER_IMAGE,
-                "mask_threshold": t.MASK_THRESHOLD,
-                "instance_score_threshold": t.INSTANCE_SCORE_THRESHOLD,
-                "thing_score_threshold": t.PANOPTIC_THING_SCORE_THRESHOLD,
-                "overlap_threshold": t.OVERLAP_THRESHOLD,
-                "soft_boundaries": t.SOFT_BOUNDARIES,
-                "panoptic_mode": resolve_panoptic_mode(t.PANOPTIC_MODE, t.SOFT_BOUNDARIES),
-            },
+            "test_cfg": knet_test_cfg(cfg),
             "fuse_bn": t.FUSE_BN,
             "channels_last": t.CHANNELS_LAST,
             "fuse_eval_bn": t.FUSE_EVAL_BN,
