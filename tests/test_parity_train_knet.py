@@ -31,17 +31,20 @@ Per task (panoptic: ``configs/det/knet/knet_s3_r50_fpn_1x_coco-panoptic.py`` vs 
    ``build_optimizer`` with the official ``paramwise_cfg`` + ``OptimizerHook(grad_clip)``; our
    ``Trainer.build_optimizer``) at the base learning rate (the warm-up factor is left out: both schedules
    multiply the rate by the same factor, and at 1e-7 the steps would be too small to compare). Each step
-   starts from the official weights (ours are reset to them after every step; each optimizer keeps its own
-   Adam state, so 5 steps of moments, bias correction, decay and clipping are compared). After every step
+   continues from each side's own weights and optimizer state (free-running: 5 steps of moments, bias
+   correction, decay and clipping are compared). After every step
    every weight must equal the official one within ``WEIGHT_RTOL`` of its tensor's scale, and every tensor's
    update within ``UPDATE_RTOL`` of that tensor's largest update.
+   At every step our Hungarian assignments are compared with the official ones; one that differs must be an
+   exact cost tie (``_TieBreaker``: same total cost within ``TIE_ATOL``), and the official one is then used.
    Measured: instance, all 5 steps match (weights 4.6e-12 of their scale, updates 1.4e-10 of their size).
-   OPEN (issue 10), hence ``xfail`` for PANOPTIC only: its first steps match (updates within 5e-6 of their
-   size over steps 1-3), but within 5 steps some step's update differs by O(1) of its size
-   (``init_kernels``, update heads; weights 1.5e-2 of their tensor's scale) although every loss term and
-   assignment of step 1 match to 5e-16: a panoptic-only discontinuity (stuff kernels, rank targets, a
-   Hungarian tie at a later step?) is suspected, not isolated yet. Without the per-step reset the
-   trajectories drift apart for both tasks (weights up to 3e-2 panoptic / 2.8e-1 instance of their scale).
+   Panoptic (issue 10, resolved): at steps 4 and 5 every last-stage kernel predicts an empty mask on image 0
+   (logits <= -13), so its two discs (gts 0 and 3, same class) cost the same for every kernel up to a constant
+   and swapping them is an exact tie (cost gap 0.0 / -8.9e-16) that scipy breaks on the last bit differently
+   on each side; without taking the official assignment there, updates differed by O(1) from step 4 on
+   (gradients and Adam moments agreed to 1e-14 over steps 1-3, grad-None sets identical). With it: weights
+   3.4e-12 of their scale, updates 2.1e-10 of their size. Instance has one such tie too (step 3, gap 0.0);
+   these ties were what made the free-running trajectories drift apart before they were handled.
 
 Runs in float64 (``DTYPE``) so that float32 rounding noise, amplified by Adam's normalisation of near-zero
 gradients, cannot hide or fake a difference. ``KNET_PARITY_REPORT=<file.json>`` writes the measured figures.
@@ -468,8 +471,12 @@ def build_ours(cfg, official_model):
     return model
 
 
-def our_step(model, batch, optimizer=None, record=None):
-    """One training iteration as ``KNetAMPTrainer``/``SimpleTrainer.run_step`` runs it (AMP off)."""
+def our_step(model, batch, optimizer=None, record=None, official_pairs=None, ties=None):
+    """One training iteration as ``KNetAMPTrainer``/``SimpleTrainer.run_step`` runs it (AMP off).
+
+    ``official_pairs`` (the official assignments of the same step, [call][image] as ``official_step`` records
+    them): where our Hungarian assignment differs from the official one, it must be an exact tie (see
+    :func:`_take_tied_assignment`), and the official one is then used; ``ties`` collects what was found."""
     if record is not None:
         record.clear()
         calls = []
@@ -478,9 +485,12 @@ def our_step(model, batch, optimizer=None, record=None):
             return [sorted(zip(r.tolist(), c.tolist())) for r, c in out]
 
         _Recorder(model.criterion, "match", pairs, calls)
+    if official_pairs is not None:
+        _TieBreaker(model.criterion, official_pairs, ties)
     loss_dict = model(batch)
+    if official_pairs is not None or record is not None:
+        del model.criterion.match  # the wrappers are instance attributes over the class's method
     if record is not None:
-        del model.criterion.match
         # our stage 0 reuses the kernel-head assignment (see KNetCriterion): it appears once
         record.extend([calls[0], calls[0]] + calls[1:])
     losses = sum(loss_dict.values())
@@ -489,6 +499,61 @@ def our_step(model, batch, optimizer=None, record=None):
         losses.backward()
         optimizer.step()
     return {k: float(v.detach()) for k, v in loss_dict.items()}
+
+
+# An assignment whose total cost is within TIE_ATOL of the official one's (costs are O(1)) is an exact tie.
+TIE_ATOL = 1e-9
+
+
+class _TieBreaker:
+    """Wraps ``KNetCriterion.match`` (call k of a step: k = 0 the kernel head's, which our stage 0 reuses;
+    k >= 1 update stage k) and replaces an assignment that differs from the official one of the same call by
+    the official one, when both have the same total cost under our cost matrix (an exact tie, decided by
+    rounding); every difference is recorded in ``ties`` as (call, image, our cost - official cost, tied).
+
+    Why (issue 10): at the 4th panoptic step every kernel of the last stage predicts an empty mask at the
+    assignment size (logits <= -13, sigmoid ~1e-16 on the ground truths). Two things of the same class (the
+    image's two discs, gts 0 and 3) then cost the same for every kernel up to a constant, ``(|gt3| - |gt0|) /
+    (H W)`` of the mask cost, so two assignments that swap them have the same total cost. Exact (float64)
+    inputs on both sides (1e-13 apart) give an official cost gap of 0.0 and ours -2.2e-16: scipy's
+    ``linear_sum_assignment`` breaks the tie on the last bit, the two sides pick different (equally optimal)
+    assignments, and the mask / dice / rank losses, hence all later gradients and Adam moments, differ by
+    O(1).
+    Neither side is wrong; the official assignment is taken so that the steps keep comparing the rest."""
+
+    def __init__(self, criterion, official_pairs, ties):
+        self.criterion, self.official, self.ties, self.calls = criterion, official_pairs, ties, 0
+        self.fn = criterion.match
+        criterion.match = self
+
+    def __call__(self, mask_logits, targets, cls_logits=None):
+        out = self.fn(mask_logits, targets, cls_logits)
+        call = self.calls
+        self.calls += 1
+        # official calls: [kernel head, stage 0, stage 1, stage 2]; ours: [kernel head (= stage 0), 1, 2]
+        wanted = [self.official[0], self.official[1]] if call == 0 else [self.official[call + 1]]
+        c = self.criterion
+        P, T = c.num_proposals, c.num_thing_classes
+        result = list(out)
+        for b, (rows, cols) in enumerate(out):
+            ours = sorted(zip(rows.tolist(), cols.tolist()))
+            official = wanted[0][b]
+            if all(w[b] == ours for w in wanted):
+                continue
+            if not all(w[b] == official for w in wanted):  # official stage 0 != its kernel-head assignment
+                self.ties.append((call, b, float("inf"), False))
+                continue
+            cls = None if cls_logits is None else cls_logits[b, :P, :T].detach()
+            cost = c.matcher.cost_matrix(mask_logits[b, :P].detach(), targets[b]["masks"], cls,
+                                         targets[b]["labels"]).cpu()
+            gap = float(sum(cost[i, j] for i, j in ours) - sum(cost[i, j] for i, j in official))
+            tied = abs(gap) <= TIE_ATOL
+            self.ties.append((call, b, gap, tied))
+            if tied:
+                r, k = zip(*official)
+                result[b] = (torch.as_tensor(r, dtype=rows.dtype, device=rows.device),
+                             torch.as_tensor(k, dtype=cols.dtype, device=cols.device))
+        return result
 
 
 # ---------------------------------------------------------------------------------------------- the check
@@ -555,10 +620,17 @@ def _run_parity(task, mm, coco_root):
                         sorted({g["lr"] for g in opt_off.param_groups}))
     rec_off, rec_ours = [], []
     weight, update = {}, {}
+    ties = []
     for step in range(NUM_STEPS):
-        start = {k: v.detach().clone() for k, v in ours.state_dict().items()}  # == the official weights
-        losses_off = official_step(off, batch_off, opt_off, hook, record=rec_off if step == 0 else None)
-        losses_ours = our_step(ours, batch_ours, opt_ours, record=rec_ours if step == 0 else None)
+        start = {k: v.detach().clone() for k, v in ours.state_dict().items()}  # ours before this step
+        pairs_off = []
+        losses_off = official_step(off, batch_off, opt_off, hook, record=pairs_off)
+        if step == 0:
+            rec_off[:] = pairs_off
+        step_ties = []
+        losses_ours = our_step(ours, batch_ours, opt_ours, record=rec_ours if step == 0 else None,
+                               official_pairs=pairs_off, ties=step_ties)
+        ties.extend((step + 1,) + t for t in step_ties)
         if step == 0:
             out["losses_official"], out["losses_ours"] = losses_off, losses_ours
             out["loss_rel_diff"] = {
@@ -581,10 +653,9 @@ def _run_parity(task, mm, coco_root):
                 rel = float("inf") if float(d_ours.abs().max()) > 0 else None
             if rel is not None:
                 update[k] = max(update.get(k, 0.0), rel)
-        # Each step starts from the official weights (each optimizer keeps its own state): free-running
-        # trajectories drift apart (see the module docstring), which would hide what one step does.
-        ours.load_state_dict(converted)
+        # Free-running: each side continues from its own weights (no reset to the official ones).
     out["weight_rel_diff"], out["update_rel_diff"] = weight, update
+    out["assignment_ties"] = ties  # (step, call, image, our cost - official cost, tied)
     out["num_moved"] = len(update)
     RESULTS[task] = out
     report = os.environ.get("KNET_PARITY_REPORT")
@@ -594,7 +665,8 @@ def _run_parity(task, mm, coco_root):
                        "worst_updates": sorted(r["update_rel_diff"].items(), key=lambda kv: -kv[1])[:10],
                        "max_weight_rel_diff": max(r["weight_rel_diff"].values()),
                        "max_update_rel_diff": max(r["update_rel_diff"].values()),
-                       "input_max_abs_diff": r["input_max_abs_diff"], "num_moved": r["num_moved"]}
+                       "input_max_abs_diff": r["input_max_abs_diff"], "num_moved": r["num_moved"],
+                       "assignment_ties": r["assignment_ties"]}
                    for t, r in RESULTS.items()}
         with open(report, "w") as f:
             json.dump(summary, f, indent=1)
@@ -629,15 +701,12 @@ def test_assignments(parity):
     for s, (a, b) in enumerate(zip(off, ours)):
         assert a == b, f"{parity['task']}: matched (kernel, target) pairs differ at call {s}: {a} vs {b}"
     assert any(len(p) for stage in off for p in stage), "no kernel was matched: the check would be empty"
+    # at later steps, an assignment may differ from the official one only by an exact cost tie (_TieBreaker)
+    bad = [t for t in parity["assignment_ties"] if not t[-1]]
+    assert not bad, f"{parity['task']}: (step, call, image, cost gap, tied) of assignments that differ: {bad}"
 
 
-def test_weights_after_steps(parity, request):
-    if parity["task"] == "panoptic":
-        request.node.add_marker(pytest.mark.xfail(
-            reason="issue 10, open: within 5 panoptic steps some update differs by O(1) of its size from the "
-            "official one (see the module docstring); the loss, assignment and input checks pass",
-            strict=False,
-        ))
+def test_weights_after_steps(parity):
     lr_ours, lr_off = parity["lr_groups"]
     assert lr_ours == lr_off, f"learning rates of the parameter groups: ours {lr_ours}, official {lr_off}"
     assert parity["num_moved"] > 100, parity["num_moved"]
