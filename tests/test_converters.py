@@ -1,6 +1,6 @@
 """Checkpoint converters, safe loading and atomic writing (knet.checkpoint, tools/convert_knet_checkpoint.py).
 
-The official layouts are synthesised here from the spec (knet_spec.md §6.1 / §6.2: key names and shapes,
+The official layouts are synthesised here from the published checkpoints' layouts (key names and shapes,
 written independently of our modules), mostly on the "meta" device (names and shapes only), and converted
 against models built from our configs: every checkpoint tensor must land on a model tensor of the same shape
 and every model tensor must be filled. Numerical checks use real torchvision ResNets and the Swin

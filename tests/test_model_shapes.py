@@ -93,7 +93,8 @@ def test_initial_kernels_add_binary_mask_sum():
 
 
 def test_updator_channel_halves():
-    """A 256-wide updator in a 512-wide head updates the two channel halves independently (knet_spec §2.3)."""
+    """A 256-wide updator in a 512-wide head updates the two channel halves independently (mmseg
+    ``KernelUpdator``)."""
     torch.manual_seed(0)
     upd = KernelUpdator(256, 256, 256)
     feat, kern = torch.randn(2, 3, 512), torch.randn(2, 3, 1, 512)

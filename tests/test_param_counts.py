@@ -1,4 +1,5 @@
-"""Parameter counts against the official figures (knet_spec §2.4), which the checkpoint converters rely on."""
+"""Parameter counts against the official figures (of the published checkpoints), which the checkpoint
+converters rely on."""
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ def test_det_update_head(num_classes, expected):
 
 @pytest.mark.parametrize("width,expected", [(512, 4_403_968), (256, 1_975_808)])
 def test_semantic_update_head(width, expected):
-    # the 512-wide semantic head keeps a 256-wide updator (knet_spec §2.3)
+    # the 512-wide semantic head keeps a 256-wide updator (mmseg ``KernelUpdator``)
     head = KernelUpdateHead(in_channels=width, num_classes=0, mask_mode="soft", updator_channels=256)
     assert count(head) == expected
     assert head.kernel_update_conv.dynamic_layer.weight.shape == (512, 256)
@@ -116,7 +117,7 @@ def test_state_dict_names():
 
 
 def test_initialisation():
-    """knet_spec §3.3b."""
+    """Official counts."""
     torch.manual_seed(0)
     head = KNetKernelHead(in_channels=256, num_proposals=100, num_classes=133, num_thing_classes=80)
     assert abs(head.init_kernels.weight.std().item() - 1.0) < 0.02

@@ -1,7 +1,7 @@
 """Semantic K-Net (ADE20K recipe): deep-stem ResNet, kernel-generating heads, semantic kernel head, losses,
 whole / sliding-window inference, test-time augmentation, ADE20K labels and configs.
 
-Reference shapes and counts: knet_spec §1.2, §2.2-2.4, §6.2 (mmsegmentation ``configs/knet`` checkpoints).
+Reference shapes and counts: mmsegmentation ``configs/knet`` checkpoints.
 """
 import glob
 import os
@@ -152,7 +152,8 @@ def _conv_bn(cin, cout, k):
 
 
 def _expected_resnet_v1c_50():
-    """ResNetV1c-50 parameters from the layer shapes of knet_spec §6.2 (deep stem 32-32-64, [3,4,6,3])."""
+    """ResNetV1c-50 parameters from the layer shapes of the mmseg checkpoints (deep stem 32-32-64,
+    [3,4,6,3])."""
     n = _conv_bn(3, 32, 3) + _conv_bn(32, 32, 3) + _conv_bn(32, 64, 3)
     cin = 64
     for mid, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
@@ -167,7 +168,7 @@ def _expected_resnet_v1c_50():
 
 # ---------------------------------------------------------------------------------- parameter counts
 def test_semantic_update_head_parameter_counts():
-    """knet_spec §2.4: C=512 with the 256 updator: 4,403,968; C=256: 1,975,808."""
+    """Official counts: C=512 with the 256 updator: 4,403,968; C=256: 1,975,808."""
     h512 = KernelUpdateHead(in_channels=512, num_classes=0, num_heads=8, feedforward_channels=2048,
                             num_mask_fcs=1, mask_mode="soft", updator_channels=256)
     h256 = KernelUpdateHead(in_channels=256, num_classes=0, num_heads=8, feedforward_channels=2048,

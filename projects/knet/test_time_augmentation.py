@@ -4,7 +4,7 @@ The paper's multi-scale ADE20K numbers (mmsegmentation ``configs/knet/README.md`
 mmseg's ``MultiScaleFlipAug`` with ``img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75]`` and ``flip=True`` around
 the test scale (2048, 512), and ``EncoderDecoder.aug_test``: every augmented view is run, its logits are
 resized to the original image and turned into probabilities by a softmax, flipped views are flipped back, and
-the probability maps are averaged (knet_spec §3.5, §4.4).
+the probability maps are averaged (mmseg ``EncoderDecoder.aug_test``).
 
 :class:`KNetSemanticTTA` wraps a K-Net model (any model that returns detectron2's ``{"sem_seg": (C, H, W)}``
 probabilities at the input's ``height``/``width``). Like detectron2's ``DatasetMapperTTA`` it augments the

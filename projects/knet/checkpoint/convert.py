@@ -4,7 +4,7 @@ Sources (``--source`` of ``tools/convert_knet_checkpoint.py``):
 
 =====================  =======================================================================================
 ``mmdet-knet``         official K-Net detection checkpoints (ZwwWayne/K-Net, instance and panoptic; ResNet-50,
-                       ResNet-101, ResNet-101-DCN, Swin-L), spec ``knet_spec.md`` §6.1
+                       ResNet-101, ResNet-101-DCN, Swin-L)
 ``mmseg-knet``         mmsegmentation's K-Net checkpoints (FCN / PSP / DeepLabv3 / UPerNet heads on R-50-D8;
                        UPerNet on Swin-T / Swin-L), spec §6.2
 ``torchvision-resnet`` torchvision ImageNet ResNet-50/101 -> ``backbone.bottom_up.*`` (ResNet-FPN)

@@ -2,7 +2,7 @@
 
 * mmdet K-Net (ZwwWayne/K-Net ``knet/det``): FPN ``neck``, ``rpn_head`` = ``ConvKernelHead`` (with its
   ``localization_fpn`` = ``SemanticFPNWrapper``), ``roi_head.mask_head.{s}`` = ``KernelUpdateHead``
-  (spec ``knet_spec.md`` §6.1).
+  (the official checkpoints' key names).
 * mmseg K-Net (``mmseg/models/decode_heads/knet_head.py``): ``decode_head.kernel_generate_head`` (FCN / PSP /
   ASPP / UPer head), ``decode_head.kernel_update_head.{s}``, ``auxiliary_head`` (spec §6.2).
 

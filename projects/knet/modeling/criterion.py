@@ -2,7 +2,8 @@
 
 Reference: ``ZwwWayne/K-Net:knet/det/knet.py`` (target preparation), ``knet/det/kernel_head.py`` (the
 kernel-head or "rpn" losses), ``knet/det/kernel_iter_head.py`` (which predictions each stage is matched
-with) and ``knet/det/kernel_update_head.py`` (per-stage targets and losses). knet_spec §3.1-3.3, §7.1-7.4.
+with) and ``knet/det/kernel_update_head.py`` (per-stage targets and losses). Paper Sec. 3.3 (training with
+bipartite matching).
 
 Loss keys: ``loss_rpn_mask``, ``loss_rpn_dice``, ``loss_rpn_seg`` (+ ``loss_rpn_rank`` for panoptic) and for
 every stage s ``s{s}_loss_cls``, ``s{s}_loss_mask``, ``s{s}_loss_dice`` (+ ``s{s}_loss_rank``). All are
@@ -43,7 +44,7 @@ def prepare_targets(
     num_thing_classes: int,
     panoptic: bool,
 ) -> List[Dict[str, torch.Tensor]]:
-    """Soft mask targets at the prediction resolution (knet_spec §3.1).
+    """Soft mask targets at the prediction resolution (official ``KernelUpdateHead.get_targets``).
 
     Each image's masks are zero-padded to the batch size ``pad_size`` = (H, W), then bilinearly resized
     (align_corners=False) to ``out_size`` (H/4, W/4), giving soft targets in [0, 1]. Things are the segments
@@ -114,7 +115,8 @@ Assignment = Tuple[torch.Tensor, torch.Tensor]  # (kernel indices, gt indices) o
 class KNetCriterion(nn.Module):
     """Matches kernels to ground truth and computes the kernel-head and per-stage losses.
 
-    Matching (knet_spec §3.2, ``post_assign=False``): the kernel-head losses and stage 0 use the initial
+    Matching (official ``KernelIterHead``, ``post_assign=False``): the kernel-head losses and stage 0 use the
+    initial
     thing masks (detached, x2) without class cost; stage s > 0 uses stage s-1's detached masks and class
     logits. Only the ``num_proposals`` thing kernels and the thing class columns take part; the stuff
     kernels of a panoptic model have fixed targets. Stage 0 reuses the kernel-head assignment, which the

@@ -3,7 +3,7 @@
 Reference: ``ZwwWayne/K-Net:knet/det/kernel_update_head.py`` / ``kernel_head.py`` (``loss``) with mmdet 2.x
 ``FocalLoss(use_sigmoid=True)``, ``CrossEntropyLoss(use_sigmoid=True)`` (mask BCE), ``CrossEntropyLoss``
 (rank loss, ``avg_non_ignore=False``) and the first-commit ``knet/det/dice_loss.py`` (squared-denominator
-dice). knet_spec §3.3 and §7.16 list the reductions. The loss weights are applied by the criterion.
+dice). Paper Sec. 3.3, Eq. (7)-(8). The loss weights are applied by the criterion.
 """
 
 from typing import Optional

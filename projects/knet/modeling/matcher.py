@@ -2,7 +2,7 @@
 
 Reference: ``ZwwWayne/K-Net:knet/det/mask_hungarian_assigner.py`` (``MaskHungarianAssigner`` with
 ``MaskCost``, ``DiceCost``) and mmdet 2.x ``FocalLossCost``; weights from
-``configs/det/_base_/models/knet_s3_r50_fpn*.py`` (knet_spec §3.2). The costs run in float32 with autocast
+``configs/det/_base_/models/knet_s3_r50_fpn*.py``. The costs run in float32 with autocast
 off (as Mask2Former's matcher does), and the assignment with scipy on CPU.
 """
 

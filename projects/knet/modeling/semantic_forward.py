@@ -3,7 +3,7 @@
 Zhang et al., "K-Net", NeurIPS 2021, Sec. 3.4 / 4 (ADE20K). Reference: mmsegmentation
 ``mmseg/models/decode_heads/knet_head.py::IterativeDecodeHead.losses``,
 ``decode_head.py::BaseDecodeHead.losses`` and ``mmseg/models/segmentors/encoder_decoder.py::{whole_inference,
-slide_inference, inference}`` (knet_spec §3.3 "Semantic segmentation losses", §3.5, §4.4).
+slide_inference, inference}``.
 
 * Input: images are normalised first and only then padded, with 0, at the bottom/right: in training up to
   ``train_pad_size`` (``INPUT.SEMANTIC.CROP_SIZE``) and to a multiple of ``size_divisibility``, the labels

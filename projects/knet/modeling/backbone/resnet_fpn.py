@@ -1,6 +1,6 @@
 """ResNet + FPN (P2-P5) backbone with the settings of the official K-Net det models.
 
-Reference: ``ZwwWayne/K-Net:configs/det/_base_/models/knet_s3_r50_fpn*.py`` (knet_spec §1.1): mmdet
+Reference: ``ZwwWayne/K-Net:configs/det/_base_/models/knet_s3_r50_fpn*.py``: mmdet
 ``ResNet(style='pytorch', frozen_stages=1, norm_cfg=BN(requires_grad=True), norm_eval=True)`` and
 ``FPN(start_level=0, add_extra_convs='on_input', num_outs=4)``, i.e. no P6. Built from detectron2's own
 ``ResNet`` and ``FPN`` so the state-dict names are detectron2's.

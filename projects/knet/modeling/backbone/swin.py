@@ -1,7 +1,7 @@
 """Swin Transformer backbone (dense-prediction variant) for the K-Net + UPerNet Swin-T / Swin-L models.
 
 Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", ICCV 2021. The semantic
-K-Net Swin models (mmsegmentation ``configs/knet/knet-s3_swin-{t,l}_upernet_*``, knet_spec §1.2) use the
+K-Net Swin models (mmsegmentation ``configs/knet/knet-s3_swin-{t,l}_upernet_*``) use the
 dense-prediction form of Swin: 4x4 patch embedding with LayerNorm, no absolute position embedding, 4 stages of
 (shifted-)window attention blocks with relative position bias, patch merging between stages, and one LayerNorm
 per output stage (``norm{i}``); inputs of any size are padded to the patch size and to the window size inside

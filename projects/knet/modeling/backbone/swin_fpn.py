@@ -1,7 +1,7 @@
 """Swin Transformer + FPN (P2-P5) backbone of the official K-Net Swin-L panoptic model.
 
 Reference: ``ZwwWayne/K-Net:configs/det/knet/knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic.py``
-(knet_spec §1.1): mmdet ``SwinTransformer(embed_dims=192, depths=[2,2,18,2], num_heads=[6,12,24,48],
+mmdet ``SwinTransformer(embed_dims=192, depths=[2,2,18,2], num_heads=[6,12,24,48],
 window_size=7, drop_path_rate=0.2, patch_norm=True, out_indices=(0,1,2,3))`` under the det model's
 ``FPN(in_channels=[192, 384, 768, 1536], out_channels=256, num_outs=4)``, i.e. P2-P5 and no extra level.
 The bottom-up network is :class:`~knet.modeling.backbone.swin.KNetSwinTransformer` (original Swin parameter

@@ -63,9 +63,11 @@ class KernelUpdateHead(nn.Module):
       background logit) is built.
     * semantic (``mask_mode="soft"``, ``num_classes=0``): the gather masks are the softmax over the kernel
       dimension, there is no classifier, and ``updator_channels`` may be smaller than ``in_channels`` (the
-      512-wide heads use a 256-wide updator that treats each channel half separately, knet_spec §2.3).
+      512-wide heads use a 256-wide updator that treats each channel half separately, as mmseg's
+      ``KernelUpdator`` does).
 
-    The group feature is an un-normalised *sum* over pixels in both variants (knet_spec §7.14). The kernel
+    The group feature is an un-normalised *sum* over pixels in both variants (``einsum('bnhw,bchw->bnc')`` in
+    the official ``KernelUpdateHead.forward``). The kernel
     handed to the next stage is the one after attention/FFN, not the ``fc_mask`` output.
     """
 
@@ -121,7 +123,7 @@ class KernelUpdateHead(nn.Module):
         self.xavier_init = xavier_init
         kernel_dim = in_channels * conv_kernel_size**2
 
-        # registration order follows the reference (and knet_spec §6.1)
+        # registration order follows the reference (official ``KernelUpdateHead.__init__``)
         self.attention = nn.MultiheadAttention(kernel_dim, num_heads, dropout=dropout)
         self.attention_norm = nn.LayerNorm(kernel_dim)
         self.kernel_update_conv = KernelUpdator(updator_channels, updator_channels, updator_channels)

@@ -25,7 +25,8 @@ class KernelUpdator(nn.Module):
     * ``K~ = G_F * LN_norm_out(param_out) + G_K * LN_input_norm_out(input_out)``;
     * output ``ReLU(LN_fc_norm(fc_layer(K~)))``.
 
-    **Width quirk** (knet_spec §2.3): the inputs are viewed as rows of ``in_channels`` values, exactly like
+    **Width quirk** (mmseg ``knet_head.py::KernelUpdator``): the inputs are viewed as rows of ``in_channels``
+    values, exactly like
     the reference's ``reshape(-1, in_channels)``. When the head that owns this updator is wider than
     ``in_channels`` (the 512-wide semantic heads use a 256-wide updator), every kernel is therefore split
     into ``head_width / in_channels`` consecutive channel groups; group ``g`` of the assembled feature is

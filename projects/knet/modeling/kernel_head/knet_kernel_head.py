@@ -4,7 +4,8 @@ Zhang et al., "K-Net", NeurIPS 2021, §3.1-3.3. Reference code: ``ZwwWayne/K-Net
 (``ConvKernelHead``, the initial kernels and masks; "rpn_head" in the official checkpoints) and
 ``knet/det/kernel_iter_head.py`` (``KernelIterHead``, the update stages; "roi_head"). The localization FPN
 that the reference nests inside ``ConvKernelHead`` is the separate pixel decoder here
-(:class:`knet.modeling.pixel_decoder.semantic_fpn.KNetSemanticFPN`). knet_spec §1.1 lists every detail.
+(:class:`knet.modeling.pixel_decoder.semantic_fpn.KNetSemanticFPN`). Official file:
+``knet/det/kernel_head.py`` (``ConvKernelHead``).
 """
 
 import math

@@ -1,8 +1,7 @@
 """Kernel head of semantic K-Net: the class kernels of the generating head refined by 3 update stages.
 
 Zhang et al., "K-Net", NeurIPS 2021, Sec. 3.4 (semantic segmentation); reference mmsegmentation
-``mmseg/models/decode_heads/knet_head.py::IterativeDecodeHead`` and ``KernelUpdateHead`` (knet_spec §1.2,
-§2.2, §2.3). The initial kernels are the generating head's ``conv_seg.weight`` (one per class, the same for
+``mmseg/models/decode_heads/knet_head.py::IterativeDecodeHead`` and ``KernelUpdateHead``. The initial kernels are the generating head's ``conv_seg.weight`` (one per class, the same for
 every image) and the initial logits its ``conv_seg`` output; each stage assembles the group features under the
 *softmax over classes* of the previous logits, updates the kernels (the 256-wide updator runs on the channel
 halves of a 512-wide head) and predicts new logits. There is no classifier and no matching: kernel n is class

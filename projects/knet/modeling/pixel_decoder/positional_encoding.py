@@ -3,7 +3,8 @@
 The DETR-style encoding (Carion et al., ECCV 2020) in the variant of mmdet's ``SinePositionalEncoding``
 (``mmdet/models/utils/positional_encoding.py``), which ``ZwwWayne/K-Net:knet/det/semantic_fpn_wrapper.py``
 adds to P5 with ``num_feats=128, normalize=True``. Differences from Mask2Former's detectron2 port that matter
-for converted checkpoints (knet_spec §1.1, §7.15): the offset is 0 (not -0.5) and the encoding is computed
+for converted checkpoints (official ``semantic_fpn_wrapper.py``, mmdet ``SinePositionalEncoding``): the
+offset is 0 (not -0.5) and the encoding is computed
 for the whole padded map (an all-valid mask), so it does not know where the image ends.
 """
 

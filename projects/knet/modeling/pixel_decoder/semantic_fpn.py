@@ -4,7 +4,7 @@ Reference: ``ZwwWayne/K-Net:knet/det/semantic_fpn_wrapper.py`` (``SemanticFPNWra
 semantic head, Kirillov et al. CVPR 2019) with the settings of
 ``configs/det/_base_/models/knet_s3_r50_fpn*.py``: ``start_level=0, end_level=3, upsample_times=2``,
 sine positional encoding on P5, GN(32), ReLU, sum fusion, one ``conv_pred`` and one ``aux_convs`` output
-(knet_spec §1.1).
+(official ``knet/det/semantic_fpn_wrapper.py``).
 """
 
 from typing import Dict
