@@ -44,7 +44,7 @@ RGB_STD = [58.395, 57.12, 57.375]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Official layouts (spec §6), written from the spec
+# Official layouts (the published checkpoints' key names and shapes)
 # ----------------------------------------------------------------------------------------------------------------
 class _Layout:
     def __init__(self, device="meta"):
@@ -159,7 +159,7 @@ def _update_head(L, p, C, nc=None, updator=256, ffn=2048):
 
 
 def official_mmdet_knet(backbone="r50", num_classes=133, device="meta"):
-    """An official K-Net det checkpoint (spec §6.1): ``{"meta", "state_dict"}``."""
+    """An official K-Net det checkpoint: ``{"meta", "state_dict"}``."""
     L = _Layout(device)
     if backbone == "swin_l":
         in_ch = _mm_swin(L, "backbone.", 192, [2, 2, 18, 2], [6, 12, 24, 48])
@@ -197,7 +197,7 @@ def official_mmdet_knet(backbone="r50", num_classes=133, device="meta"):
 
 
 def official_mmseg_knet(head="fcn", backbone="r50", C=512, num_classes=150, device="meta"):
-    """An mmseg K-Net checkpoint (spec §6.2)."""
+    """An mmseg K-Net checkpoint."""
     L = _Layout(device)
     if backbone == "swin_t":
         in_ch = _mm_swin(L, "backbone.", 96, [2, 2, 6, 2], [3, 6, 12, 24])
@@ -276,7 +276,7 @@ def official_swin_imagenet(embed=192, depths=(2, 2, 18, 2), heads=(6, 12, 24, 48
 # Our models, built on the meta device (names and shapes, no memory, no init time)
 # ----------------------------------------------------------------------------------------------------------------
 def det_cfg(depth=50, num_classes=133, input_format="RGB"):
-    """The official det model settings (spec §1.1) at full width."""
+    """The official det model settings at full width."""
     cfg = get_cfg()
     add_knet_config(cfg)
     cfg.MODEL.DEVICE = "cpu"
@@ -356,7 +356,7 @@ def test_official_det_checkpoint_fills_model(backbone, depth, num_classes, n_in,
     assert s.dropped_top_level == ["meta"]
     assert result.metadata["classes"] == [f"class{i}" for i in range(num_classes)]
     assert result.metadata["num_classes"] == num_classes
-    # spec §2.4 parameter counts, from the converted tensors (learnable leaves only)
+    # the official parameter counts, from the converted tensors (learnable leaves only)
     sd = result.state_dict
     per_stage = sum(v.numel() for k, v in sd.items() if k.startswith("kernel_head.update_heads.0."))
     assert per_stage == {80: 2_062_416, 133: 2_076_037}[num_classes]
@@ -516,7 +516,7 @@ def test_official_mmseg_checkpoint_fills_model(head, config, n_in, n_mapped):
     per_stage = sum(
         v.numel() for k, v in result.state_dict.items() if k.startswith("kernel_head.update_heads.1.")
     )
-    assert per_stage == 4_403_968  # spec §2.4: a 512-wide seg update head with the 256-wide updator
+    assert per_stage == 4_403_968  # official count: a 512-wide seg update head with the 256-wide updator
 
 
 def test_mmseg_auxiliary_head_dropped_when_model_has_none():

@@ -6,7 +6,7 @@ Sources (``--source`` of ``tools/convert_knet_checkpoint.py``):
 ``mmdet-knet``         official K-Net detection checkpoints (ZwwWayne/K-Net, instance and panoptic; ResNet-50,
                        ResNet-101, ResNet-101-DCN, Swin-L)
 ``mmseg-knet``         mmsegmentation's K-Net checkpoints (FCN / PSP / DeepLabv3 / UPerNet heads on R-50-D8;
-                       UPerNet on Swin-T / Swin-L), spec §6.2
+                       UPerNet on Swin-T / Swin-L)
 ``torchvision-resnet`` torchvision ImageNet ResNet-50/101 -> ``backbone.bottom_up.*`` (ResNet-FPN)
 ``swin``               Swin ImageNet(-22k) weights (the official original-naming files, or mmseg's
                        re-export in mmseg naming) -> the Swin backbone: ``backbone.bottom_up.*`` (panoptic

@@ -4,7 +4,7 @@
   ``localization_fpn`` = ``SemanticFPNWrapper``), ``roi_head.mask_head.{s}`` = ``KernelUpdateHead``
   (the official checkpoints' key names).
 * mmseg K-Net (``mmseg/models/decode_heads/knet_head.py``): ``decode_head.kernel_generate_head`` (FCN / PSP /
-  ASPP / UPer head), ``decode_head.kernel_update_head.{s}``, ``auxiliary_head`` (spec §6.2).
+  ASPP / UPer head), ``decode_head.kernel_update_head.{s}``, ``auxiliary_head``.
 
 Our names (docs/architecture.md): mmcv ``ConvModule``'s ``.conv`` level disappears (a detectron2 ``Conv2d``
 holds the weight) and its ``.gn``/``.bn`` become ``.norm``; mmcv ``MultiheadAttention``'s ``.attn`` level

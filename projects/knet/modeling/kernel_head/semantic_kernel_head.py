@@ -1,7 +1,8 @@
 """Kernel head of semantic K-Net: the class kernels of the generating head refined by 3 update stages.
 
 Zhang et al., "K-Net", NeurIPS 2021, Sec. 3.4 (semantic segmentation); reference mmsegmentation
-``mmseg/models/decode_heads/knet_head.py::IterativeDecodeHead`` and ``KernelUpdateHead``. The initial kernels are the generating head's ``conv_seg.weight`` (one per class, the same for
+``mmseg/models/decode_heads/knet_head.py::IterativeDecodeHead`` and ``KernelUpdateHead``.
+The initial kernels are the generating head's ``conv_seg.weight`` (one per class, the same for
 every image) and the initial logits its ``conv_seg`` output; each stage assembles the group features under the
 *softmax over classes* of the previous logits, updates the kernels (the 256-wide updator runs on the channel
 halves of a 512-wide head) and predicts new logits. There is no classifier and no matching: kernel n is class
@@ -47,7 +48,7 @@ class KNetSemanticKernelHead(nn.Module):
         Args:
             in_channels: width C of the generating head's feature (512, or 256 for the official-code UPerNet).
             num_stages: update stages (3 in every released config).
-            updator_channels: width of the :class:`KernelUpdator` (256 even in 512-wide heads, §2.3).
+            updator_channels: width of the :class:`KernelUpdator` (256 even in 512-wide heads, as in mmseg).
             semantic_options: loss / inference options used by :mod:`knet.modeling.semantic_forward`.
         """
         super().__init__()
