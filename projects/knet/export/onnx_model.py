@@ -20,8 +20,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..modeling.meta_arch import knet_test_cfg
-from ..modeling.postprocessing import instance_inference, panoptic_inference, semantic_inference
+from ..modeling.meta_arch import knet_test_cfg, postprocess_image
 from ..modeling.semantic_forward import SemanticOptions
 from ..modeling.semantic_forward import semantic_inference as semantic_path_inference
 from .onnx_export import _metadata_of_session, import_onnxruntime
@@ -200,45 +199,10 @@ class KNetONNX(nn.Module):
     def _postprocess(self, cls_logits, masks, image_size, stride: int, x: Dict) -> Dict:
         """The post-processing of ``KNet`` for one image: (N, C) class logits, (N, h, w) stride-``stride``
         mask logits of the padded input, ``image_size`` (h, w) of the image inside the padding."""
-        meta, cfg = self.metadata, self.test_cfg
-        P, T = meta["num_proposals"], meta["num_thing_classes"]
+        meta = self.metadata
         out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
-        result = {}
-        if self.panoptic_on:
-            mode = cfg.get("panoptic_mode", None)
-            result["panoptic_seg"] = panoptic_inference(
-                cls_logits,
-                masks,
-                image_size,
-                out_size,
-                num_proposals=P,
-                num_thing_classes=T,
-                stride=stride,
-                thing_score_threshold=cfg.get("thing_score_threshold", 0.3),
-                overlap_threshold=cfg.get("overlap_threshold", 0.6),
-                mask_threshold=cfg.get("mask_threshold", 0.5),
-                soft_boundaries=cfg.get("soft_boundaries", False),
-                **({} if mode is None else {"mode": mode}),
-            )
-        if self.instance_on:
-            result["instances"] = instance_inference(
-                cls_logits[:P, :T],
-                masks[:P],
-                image_size,
-                out_size,
-                stride=stride,
-                max_per_image=cfg.get("max_per_image", 100),
-                mask_threshold=cfg.get("mask_threshold", 0.5),
-                score_threshold=cfg.get("instance_score_threshold", 0.0),
-            )
-        if self.semantic_on:
-            result["sem_seg"] = semantic_inference(
-                cls_logits,
-                masks,
-                image_size,
-                out_size,
-                num_proposals=P,
-                num_thing_classes=T,
-                stride=stride,
-            )
-        return result
+        return postprocess_image(
+            cls_logits, masks, image_size, out_size, stride=stride, num_proposals=meta["num_proposals"],
+            num_thing_classes=meta["num_thing_classes"], test_cfg=self.test_cfg, panoptic_on=self.panoptic_on,
+            instance_on=self.instance_on, semantic_on=self.semantic_on,
+        )

@@ -103,6 +103,41 @@ def knet_test_cfg(cfg) -> dict:
     }
 
 
+def postprocess_image(cls_logits, masks, image_size, out_size, *, stride: int, num_proposals: int,
+                      num_thing_classes: int, test_cfg: dict, panoptic_on: bool, instance_on: bool,
+                      semantic_on: bool) -> Dict:
+    """The requested outputs of one image (shared by :class:`KNet` and the onnxruntime ``KNetONNX``).
+
+    Args:
+        cls_logits: (N, C) class logits of the last stage; masks: (N, h_pad/stride, w_pad/stride) mask logits.
+        image_size: (h, w) of the image inside the padding; out_size: (H, W) of the outputs.
+        test_cfg: as built by :func:`knet_test_cfg`.
+    Returns:
+        dict with "panoptic_seg", "instances" and/or "sem_seg" (detectron2's output format).
+    """
+    cfg, P, T = test_cfg, num_proposals, num_thing_classes
+    result = {}
+    if panoptic_on:
+        result["panoptic_seg"] = panoptic_inference(
+            cls_logits, masks, image_size, out_size, num_proposals=P, num_thing_classes=T, stride=stride,
+            thing_score_threshold=cfg.get("thing_score_threshold", 0.3),
+            overlap_threshold=cfg.get("overlap_threshold", 0.6),
+            mask_threshold=cfg.get("mask_threshold", 0.5), mode=cfg.get("panoptic_mode", "exact"),
+            soft_boundaries=cfg.get("soft_boundaries", False),
+        )
+    if instance_on:
+        result["instances"] = instance_inference(
+            cls_logits[:P, :T], masks[:P], image_size, out_size, stride=stride,
+            max_per_image=cfg.get("max_per_image", 100), mask_threshold=cfg.get("mask_threshold", 0.5),
+            score_threshold=cfg.get("instance_score_threshold", 0.0),
+        )
+    if semantic_on:
+        result["sem_seg"] = semantic_inference(
+            cls_logits, masks, image_size, out_size, num_proposals=P, num_thing_classes=T, stride=stride
+        )
+    return result
+
+
 @META_ARCH_REGISTRY.register()
 class KNet(nn.Module):
     """K-Net for instance, panoptic (and, through the semantic seam, semantic) segmentation.
@@ -261,42 +296,10 @@ class KNet(nn.Module):
         for i, x in enumerate(batched_inputs):
             image_size = images.image_sizes[i]
             out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
-            result = {}
-            if self.panoptic_on:
-                result["panoptic_seg"] = panoptic_inference(
-                    cls_logits[i],
-                    masks[i],
-                    image_size,
-                    out_size,
-                    num_proposals=P,
-                    num_thing_classes=T,
-                    stride=stride,
-                    thing_score_threshold=cfg.get("thing_score_threshold", 0.3),
-                    overlap_threshold=cfg.get("overlap_threshold", 0.6),
-                    mask_threshold=cfg.get("mask_threshold", 0.5),
-                    mode=cfg.get("panoptic_mode", "exact"),
-                    soft_boundaries=cfg.get("soft_boundaries", False),
-                )
-            if self.instance_on:
-                result["instances"] = instance_inference(
-                    cls_logits[i, :P, :T],
-                    masks[i, :P],
-                    image_size,
-                    out_size,
-                    stride=stride,
-                    max_per_image=cfg.get("max_per_image", 100),
-                    mask_threshold=cfg.get("mask_threshold", 0.5),
-                    score_threshold=cfg.get("instance_score_threshold", 0.0),
-                )
-            if self.semantic_on:
-                result["sem_seg"] = semantic_inference(
-                    cls_logits[i],
-                    masks[i],
-                    image_size,
-                    out_size,
-                    num_proposals=P,
-                    num_thing_classes=T,
-                    stride=stride,
-                )
+            result = postprocess_image(
+                cls_logits[i], masks[i], image_size, out_size, stride=stride, num_proposals=P,
+                num_thing_classes=T, test_cfg=cfg, panoptic_on=self.panoptic_on, instance_on=self.instance_on,
+                semantic_on=self.semantic_on,
+            )
             results.append(result)
         return results
