@@ -1,6 +1,6 @@
 """Fixtures shared by several test modules."""
 import pytest
-from model_utils import import_train_net
+from support.scripts import import_train_net
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase, default_argument_parser
-from model_utils import register_tiny_synthetic
+from support.models import register_tiny_synthetic
 from PIL import Image
 
 from knet.data.check import DataProblem, check_dataset_main, check_record, dataset_spec

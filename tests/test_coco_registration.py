@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
 from detectron2.modeling import build_model
-from model_utils import tiny_knet_cfg
+from support.models import tiny_knet_cfg
 from panopticapi.utils import id2rgb
 from PIL import Image
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
-from model_utils import batched_input, register_tiny_synthetic, tiny_knet_cfg
+from support.models import batched_input, register_tiny_synthetic, tiny_knet_cfg
 
 from knet.engine import load_config
 from knet.export.onnx_export import compare_with_pytorch, export_onnx, onnx_config

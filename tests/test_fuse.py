@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_model
-from model_utils import batched_input, tiny_knet_cfg
+from support.models import batched_input, tiny_knet_cfg
 from torch import nn
 from torch.nn import functional as F
 

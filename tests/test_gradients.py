@@ -3,7 +3,7 @@
 import pytest
 import torch
 from detectron2.modeling import build_model
-from model_utils import batched_input, tiny_knet_cfg
+from support.models import batched_input, tiny_knet_cfg
 
 
 @pytest.mark.parametrize("num_classes,num_thing_classes", [(5, 3), (3, 3)], ids=["panoptic", "instance"])

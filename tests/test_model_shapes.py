@@ -7,7 +7,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_backbone, build_model
-from model_utils import batched_input, tiny_knet_cfg
+from support.models import batched_input, tiny_knet_cfg
 
 from knet.modeling.backbone.resnet_fpn import FrozenStatsBatchNorm2d
 from knet.modeling.kernel_head.kernel_updator import KernelUpdator

@@ -10,7 +10,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
-from model_utils import tiny_knet_cfg
+from support.models import tiny_knet_cfg
 
 # classes: 0 "box" (thing), 1 "disc" (thing), 2 "sky" (stuff), 3 "ground" (stuff)
 COLORS = {0: (220, 40, 40), 1: (40, 200, 60), 2: (70, 110, 230), 3: (150, 120, 60)}

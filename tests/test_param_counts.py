@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
-from model_utils import tiny_knet_cfg
+from support.models import tiny_knet_cfg
 
 from knet.modeling.kernel_head.kernel_update_head import KernelUpdateHead
 from knet.modeling.kernel_head.knet_kernel_head import KNetKernelHead

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 from detectron2.engine import HookBase, default_argument_parser
-from model_utils import register_tiny_synthetic
+from support.models import register_tiny_synthetic
 
 from knet.checkpoint.checkpointer import KNetCheckpointer
 from knet.engine import Trainer

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 from detectron2.engine import default_argument_parser
-from model_utils import register_tiny_synthetic
+from support.models import register_tiny_synthetic
 
 from knet.engine import Trainer, load_config
 

@@ -88,20 +88,6 @@ def batched_input(height, width, classes=(), seed=0, out_size=None):
     return out
 
 
-def import_train_net():
-    """The repository's ``train_net.py`` as a module (it is a script, not part of the package)."""
-    import os
-    import sys
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, repo)
-    try:
-        import train_net
-    finally:
-        sys.path.remove(repo)
-    return train_net
-
-
 def register_tiny_synthetic(folder, stem, num_train, num_val, image_size=64):
     """Generate a tiny synthetic dataset under ``folder`` and register it under a fresh name prefix
     ``{stem}{6 hex}`` (datasets ``{prefix}_{panoptic,instance,sem_seg}_{train,val}``); returns the prefix."""
