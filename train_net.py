@@ -23,14 +23,8 @@ from detectron2.utils import comm
 
 import knet  # noqa: F401  (registers the model, datasets and mappers)
 from knet.checkpoint.checkpointer import KNetCheckpointer
-from knet.engine import (
-    KNetConfigError,
-    KNetMetadataError,
-    Trainer,
-    check_dataset_metadata,
-    load_config,
-    setup,
-)
+from knet.data.metadata import DatasetMetadataError
+from knet.engine import KNetConfigError, Trainer, load_config, preflight, setup
 
 logger = logging.getLogger("knet.train_net")
 
@@ -45,7 +39,7 @@ def main(args):
     cfg = setup(args)
     _limit_cpu_threads(cfg)
     if args.eval_only:
-        check_dataset_metadata(cfg, train=False)
+        preflight(cfg, eval_only=True)  # Trainer(cfg) runs it for training
         model = Trainer.build_model(cfg)
         KNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
@@ -62,18 +56,12 @@ def main(args):
     return trainer.train()
 
 
-def preflight(args):
-    """Check the config and the datasets' metadata once, before any process is started."""
-    cfg = load_config(args.config_file, args.opts)
-    check_dataset_metadata(cfg, train=not args.eval_only)
-
-
 def invoke_main(argv=None):
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
-    try:
-        preflight(args)
-    except (KNetConfigError, KNetMetadataError) as e:
+    try:  # the config and the datasets, once, before any process is started
+        preflight(load_config(args.config_file, args.opts), eval_only=args.eval_only)
+    except (KNetConfigError, DatasetMetadataError) as e:
         print(f"train_net.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     launch(

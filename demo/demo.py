@@ -56,7 +56,7 @@ def get_parser():
 
 def setup_cfg(args):
     """Config from ``--config-file`` and ``--opts``; the output of ``--task`` is switched on."""
-    from knet.engine.setup import load_config, use_cpu_without_cuda
+    from knet.engine import load_config, use_cpu_without_cuda
 
     cfg = load_config(args.config_file, args.opts)
     use_cpu_without_cuda(cfg)
@@ -173,6 +173,7 @@ def main(argv=None):
     from detectron2.utils.logger import setup_logger
 
     import knet  # noqa: F401  (registers the model and datasets)
+    from knet.data.metadata import DatasetMetadataError
     from knet.demo import VisualizationDemo
     from knet.engine import KNetConfigError
 
@@ -185,10 +186,10 @@ def main(argv=None):
         return 2
     try:
         cfg = setup_cfg(args)
-    except KNetConfigError as e:
+        demo = VisualizationDemo(cfg, task=args.task, confidence_threshold=args.confidence_threshold)
+    except (KNetConfigError, DatasetMetadataError) as e:  # the model checks the datasets' class counts
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 2
-    demo = VisualizationDemo(cfg, task=args.task, confidence_threshold=args.confidence_threshold)
 
     failures = 0
     if args.input:

@@ -66,15 +66,67 @@ def test_every_key_has_a_comment():
 def test_shipped_configs_merge(path):
     cfg = _cfg()
     cfg.merge_from_file(path)
-    assert cfg.MODEL.META_ARCHITECTURE == "KNet"
+    semantic = "ade20k" in os.path.basename(path) or "semantic" in path
+    assert cfg.MODEL.META_ARCHITECTURE == ("KNetSemantic" if semantic else "KNet")
 
 
 def test_registries_are_prefixed():
     from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 
-    from knet.modeling import KNET_KERNEL_HEAD_REGISTRY, KNET_PIXEL_DECODER_REGISTRY
+    from knet.modeling import (
+        KNET_DECODE_HEAD_REGISTRY,
+        KNET_KERNEL_HEAD_REGISTRY,
+        KNET_PIXEL_DECODER_REGISTRY,
+        KNET_SEMANTIC_KERNEL_HEAD_REGISTRY,
+    )
 
-    assert "KNet" in META_ARCH_REGISTRY
-    names = [n for n, _ in KNET_PIXEL_DECODER_REGISTRY] + [n for n, _ in KNET_KERNEL_HEAD_REGISTRY]
+    assert "KNet" in META_ARCH_REGISTRY and "KNetSemantic" in META_ARCH_REGISTRY
+    registries = [KNET_PIXEL_DECODER_REGISTRY, KNET_KERNEL_HEAD_REGISTRY, KNET_DECODE_HEAD_REGISTRY,
+                  KNET_SEMANTIC_KERNEL_HEAD_REGISTRY]
+    names = [n for r in registries for n, _ in r]
     assert names and all(n.startswith("KNet") for n in names)
     assert all(n.startswith("build_knet_") for n, _ in BACKBONE_REGISTRY if "knet" in n)
+
+
+# ------------------------------------------------------------------------------- the ADE20K recipes
+def _semantic_configs():
+    return sorted(glob.glob(os.path.join(REPO, "configs", "ade20k", "semantic-segmentation", "knet_*.yaml")))
+
+
+def test_ade20k_configs_load_with_the_recipe():
+    files = _semantic_configs()
+    assert len(files) == 4
+    heads = {}
+    for f in files:
+        cfg = _cfg()
+        cfg.merge_from_file(f)
+        k = cfg.MODEL.KNET
+        heads[os.path.basename(f)] = (k.SEMANTIC.DECODE_HEAD_NAME, k.RESNET_V1C.OUT_STRIDE)
+        s = cfg.SOLVER
+        assert (s.BASE_LR, s.WEIGHT_DECAY, s.MAX_ITER, tuple(s.STEPS), s.WARMUP_ITERS) == (
+            1e-4, 5e-4, 80000, (60000, 72000), 1000)
+        assert (s.IMS_PER_BATCH, s.REFERENCE_WORLD_SIZE, s.CLIP_GRADIENTS.CLIP_VALUE) == (16, 8, 1.0)
+        assert cfg.MODEL.KNET.NUM_CLASSES == 150 and cfg.INPUT.DATASET_MAPPER_NAME == "knet_semantic"
+    assert heads == {
+        "knet_deeplabv3_R50.yaml": ("KNetASPPHead", 8),
+        "knet_fcn_R50.yaml": ("KNetFCNHead", 8),
+        "knet_psp_R50.yaml": ("KNetPSPHead", 8),
+        "knet_upernet_R50.yaml": ("KNetUPerHead", 32),
+    }
+
+
+def test_swin_configs_load():
+    got = {}
+    pattern = os.path.join(REPO, "configs", "ade20k", "semantic-segmentation", "swin", "*.yaml")
+    for f in sorted(glob.glob(pattern)):
+        cfg = _cfg()
+        cfg.merge_from_file(f)
+        s = cfg.MODEL.KNET.SWIN
+        assert cfg.MODEL.BACKBONE.NAME == "build_knet_swin_backbone" and cfg.SOLVER.BASE_LR == 6e-5
+        crop = tuple(cfg.INPUT.SEMANTIC.CROP_SIZE)
+        got[os.path.basename(f)] = (s.EMBED_DIM, tuple(s.DEPTHS), s.DROP_PATH_RATE, crop)
+    assert got == {
+        "knet_upernet_swin_large_512.yaml": (192, (2, 2, 18, 2), 0.3, (512, 512)),
+        "knet_upernet_swin_large_640.yaml": (192, (2, 2, 18, 2), 0.4, (640, 640)),
+        "knet_upernet_swin_tiny.yaml": (96, (2, 2, 6, 2), 0.3, (512, 512)),
+    }

@@ -244,7 +244,7 @@ def count_gmacs(model, image):
     from fvcore.nn import FlopCountAnalysis
 
     h, w = image.shape[-2:]
-    if type(model).__name__ == "KNet":
+    if type(model).__name__ in ("KNet", "KNetSemantic"):
         from knet.export.onnx_export import KNetInferenceNetwork
 
         images = model.preprocess_image([{"image": image}])
@@ -475,19 +475,24 @@ def postprocessing_rows(args):
     equals the reference there."""
     from knet.modeling import postprocessing as pp
 
-    kw = dict(num_proposals=100, num_thing_classes=80)
+    t = knet_cfg().MODEL.KNET.TEST  # the model's options (the model-zoo config's, else add_knet_config's)
+    rules = pp.PanopticRules(num_proposals=100, num_thing_classes=80, stride=4,
+                             thing_score_threshold=t.PANOPTIC_THING_SCORE_THRESHOLD,
+                             overlap_threshold=t.OVERLAP_THRESHOLD, mask_threshold=t.MASK_THRESHOLD)
+    kw = dict(vars(rules), soft_boundaries=False)
     rows, checks = [], []
     for h, w in args.post_sizes:
         cls, masks = trained_like_logits(h, w)
         size = (h, w)
         variants = [
-            ("exact (default)", lambda: pp.panoptic_inference(cls, masks, size, size, **kw)),
+            (f"{t.PANOPTIC_MODE} (default)",
+             lambda: pp.panoptic_inference(cls, masks, size, size, mode=t.PANOPTIC_MODE, **kw)),
             ("stride-4 decisions (previous default)",
              lambda: pp.panoptic_inference(cls, masks, size, size, mode="stride4", **kw)),
             ("stride-4 decisions, soft boundaries",
              lambda: pp.panoptic_inference(cls, masks, size, size, mode="soft", **kw)),
             ("reference order: resize all 153 masks first",
-             lambda: pp.panoptic_inference_full_resolution(cls, masks, size, size, **kw)),
+             lambda: pp.panoptic_inference_full_resolution(cls, masks, size, size, rules)),
         ]
         timed = {}
         # round-robin, so that every variant sees the same machine load

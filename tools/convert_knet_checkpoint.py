@@ -11,7 +11,7 @@ weights must fit it exactly: every checkpoint tensor has a place in the model wi
 full K-Net checkpoints, every model tensor comes from the checkpoint. Otherwise nothing is written and the
 reason is printed. The output (``.pth`` or ``.safetensors``) is written atomically and loads with
 ``MODEL.WEIGHTS``. Sources: ``mmdet-knet``, ``mmseg-knet``, ``torchvision-resnet``, ``swin``,
-``mmcv-resnet-v1c`` (see ``knet.checkpoint.convert``).
+``mmcv-resnet-v1c`` (see ``knet.checkpoint.layouts``).
 Trailing ``KEY VALUE`` pairs override config options, as in ``train_net.py``.
 """
 
@@ -22,6 +22,8 @@ import time
 
 
 def parse_args(argv=None):
+    from knet.checkpoint import SOURCES
+
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -30,7 +32,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--source",
         required=True,
-        choices=["mmdet-knet", "mmseg-knet", "torchvision-resnet", "swin", "mmcv-resnet-v1c"],
+        choices=SOURCES,
         help="layout of the input checkpoint",
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="config of the target model")
@@ -61,14 +63,11 @@ def build_target_state_dict(cfg):
 
 
 def load_cfg(config_file, opts):
-    from detectron2.config import get_cfg
+    """The target model's config (``knet.engine.load_config``: a wrong key is named, with the closest ones),
+    on the CPU and without initial weights, frozen."""
+    from knet.engine import load_config
 
-    from knet import add_knet_config
-
-    cfg = get_cfg()
-    add_knet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.freeze()
@@ -85,8 +84,6 @@ def main(argv=None):
         sys.exit(f"error: '{args.output}' exists; pass --force to overwrite it")
     if not os.path.isfile(args.input):
         sys.exit(f"error: input checkpoint '{args.input}' does not exist")
-    if not os.path.isfile(args.config_file):
-        sys.exit(f"error: config file '{args.config_file}' does not exist")
 
     from knet.checkpoint import (
         CheckpointLoadError,
@@ -97,8 +94,13 @@ def main(argv=None):
         save_checkpoint,
     )
 
+    from knet.engine import KNetConfigError
+
     start = time.perf_counter()
-    cfg = load_cfg(args.config_file, args.opts)
+    try:
+        cfg = load_cfg(args.config_file, args.opts)
+    except KNetConfigError as e:
+        sys.exit(f"error: {e}")
     input_format = cfg.INPUT.FORMAT
     if input_format not in ("RGB", "BGR"):
         sys.exit(f"error: INPUT.FORMAT must be RGB or BGR for these weights, the config has '{input_format}'")

@@ -47,9 +47,9 @@ def main(argv=None):
         return 2
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"  # exported on CPU; the file runs wherever onnxruntime does
-    if cfg.MODEL.META_ARCHITECTURE != "KNet":
+    if cfg.MODEL.META_ARCHITECTURE not in ("KNet", "KNetSemantic"):
         print(f"export_model.py: error: MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r} in "
-              f"{args.config_file}; only 'KNet' models can be exported", file=sys.stderr)
+              f"{args.config_file}; only 'KNet' and 'KNetSemantic' models can be exported", file=sys.stderr)
         return 2
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or refresh the test-only environment .venv-parity used by `make parity`: the reference
 # mmsegmentation K-Net (mmsegmentation 1.2.2 + mmcv-lite + mmengine) next to this package, so that
-# tests/test_parity_mmseg.py can compare our semantic K-Net with the reference one.
+# tests/parity/test_parity_mmseg.py can compare our semantic K-Net with the reference one.
 #
 # .venv-parity is a thin layer over .venv: a `.pth` file makes .venv's site-packages (torch, torchvision,
 # detectron2, this package in editable mode) visible to it, so only the mm* packages are installed here

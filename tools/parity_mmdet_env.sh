@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or refresh the test-only environment .venv-parity-mmdet used by `make parity`: the OFFICIAL K-Net
 # (ZwwWayne/K-Net, an mmdet 2.x plugin) with mmdet 2.28.2 and mmcv 1.7.2, so that
-# tests/test_parity_train_knet.py can compare a panoptic / instance training step of our K-Net with it.
+# tests/parity/test_parity_train_knet.py can compare a panoptic / instance training step of our K-Net with it.
 #
 # Like .venv-parity (tools/parity_env.sh), this is a thin layer over .venv: a `.pth` file makes .venv's
 # site-packages (torch, torchvision, detectron2, this package in editable mode) visible to it, so only the

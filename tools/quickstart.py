@@ -31,18 +31,6 @@ def parse_args():
     return p.parse_args()
 
 
-def load_cfg(config_file, opts):
-    from detectron2.config import get_cfg
-
-    from knet import add_knet_config
-
-    cfg = get_cfg()
-    add_knet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    return cfg
-
-
 def summarize(results):
     """Pick the headline numbers out of detectron2's nested evaluation results."""
     flat = {}
@@ -135,9 +123,15 @@ def render(cfg, weights, out_dir, num):
 
 def main():
     args = parse_args()
-    sys.path.insert(0, REPO)
     t0 = time.time()
+    from knet.checkpoint.io import atomic_write
     from knet.data.datasets.register_synthetic import ensure_synthetic_dataset
+    from knet.engine import KNetConfigError, load_config
+
+    try:  # a wrong config fails here, in seconds, not after the dataset is generated
+        cfg = load_config(args.config_file, args.opts)
+    except KNetConfigError as e:
+        sys.exit(f"quickstart.py: error: {e}")
 
     root = ensure_synthetic_dataset(progress=True)
     t_data = time.time() - t0
@@ -153,7 +147,6 @@ def main():
 
     with open(os.path.join(train_dir, "last_eval_results.json")) as f:
         results = json.load(f)
-    cfg = load_cfg(args.config_file, args.opts)
     t2 = time.time()
     weights = os.path.join(train_dir, "model_final.pth")
     vis = render(cfg, weights, os.path.join(args.output, "vis"), args.num_vis)
@@ -170,9 +163,8 @@ def main():
         "all_results": results,
     }
     metrics_path = os.path.join(args.output, "metrics.json")
-    with open(metrics_path + ".tmp", "w") as f:
+    with atomic_write(metrics_path, "w") as f:
         json.dump(report, f, indent=2)
-    os.replace(metrics_path + ".tmp", metrics_path)
 
     print("\n[quickstart] K-Net panoptic on the synthetic validation split:")
     for k, v in headline.items():

@@ -38,14 +38,17 @@ def _add_model_config(cfg):
     k.MASK_UPSAMPLE_STRIDE = 2  # stride-8 masks are upsampled by this factor for matching, losses, output
     k.CONV_KERNEL_SIZE = 1  # K of the dynamic K x K kernels (1 in every released config)
 
+    # the feature decoder: KNet's pixel decoder (NAME) or KNetSemantic's decode head
+    # (SEMANTIC.DECODE_HEAD_NAME); IN_FEATURES, CONV_DIM and NORM apply to both
     k.PIXEL_DECODER = CN()
-    k.PIXEL_DECODER.NAME = "KNetSemanticFPN"  # registered in KNET_PIXEL_DECODER_REGISTRY
+    k.PIXEL_DECODER.NAME = "KNetLocalizationFPN"  # KNet: registered in KNET_PIXEL_DECODER_REGISTRY
     k.PIXEL_DECODER.IN_FEATURES = ["p2", "p3", "p4", "p5"]  # backbone features the decoder reads
     k.PIXEL_DECODER.CONV_DIM = 256  # channels of the decoder towers
     k.PIXEL_DECODER.NORM = "GN"  # norm of the decoder convs (GN with 32 groups in the official model)
 
     k.KERNEL_HEAD = CN()
-    k.KERNEL_HEAD.NAME = "KNetKernelHead"  # registered in KNET_KERNEL_HEAD_REGISTRY
+    # KNet: KNET_KERNEL_HEAD_REGISTRY; KNetSemantic: KNET_SEMANTIC_KERNEL_HEAD_REGISTRY
+    k.KERNEL_HEAD.NAME = "KNetKernelHead"  # "KNetSemanticKernelHead" for KNetSemantic
     k.KERNEL_HEAD.NUM_LOC_CONVS = 1  # 1x1 conv-GN-ReLU layers on the localization feature
     k.KERNEL_HEAD.NUM_SEG_CONVS = 1  # 1x1 conv-GN-ReLU layers on the semantic feature
     k.KERNEL_HEAD.NORM = "GN"  # norm of those convs (GroupNorm(32) officially)
@@ -66,9 +69,11 @@ def _add_model_config(cfg):
 
 
 def _add_semantic_config(cfg):
-    """Keys of the semantic mode (kernel-generating FCN/PSP/ASPP/UPerNet heads, deep-stem ResNet)."""
+    """Keys of the semantic models (``KNetSemantic``: kernel-generating FCN/PSP/ASPP/UPerNet heads, deep-stem
+    ResNet)."""
     k = cfg.MODEL.KNET
     k.SEMANTIC = CN()
+    k.SEMANTIC.DECODE_HEAD_NAME = "KNetUPerHead"  # KNetSemantic: registered in KNET_DECODE_HEAD_REGISTRY
     k.SEMANTIC.AUX_LOSS_WEIGHT = 0.4  # weight of the auxiliary FCN head's cross-entropy (0 disables the head)
     k.SEMANTIC.CE_WEIGHT = 1.0  # cross-entropy weight of each of the 4 logit maps
     k.SEMANTIC.DROPOUT = 0.1  # Dropout2d ratio before conv_seg (generating and auxiliary heads)

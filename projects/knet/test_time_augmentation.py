@@ -6,11 +6,12 @@ the test scale (2048, 512), and ``EncoderDecoder.aug_test``: every augmented vie
 resized to the original image and turned into probabilities by a softmax, flipped views are flipped back, and
 the probability maps are averaged (mmseg ``EncoderDecoder.aug_test``).
 
-:class:`KNetSemanticTTA` wraps a K-Net model (any model that returns detectron2's ``{"sem_seg": (C, H, W)}``
-probabilities at the input's ``height``/``width``). Like detectron2's ``DatasetMapperTTA`` it augments the
-image the test mapper produced: for a ratio r the image is resized (keeping its aspect ratio, bilinear) so
-that its short side is ``r * INPUT.MIN_SIZE_TEST`` and its long side at most ``r * INPUT.MAX_SIZE_TEST``.
-Enabled in the trainer by ``TEST.AUG.ENABLED``; ratios in ``TEST.AUG.RATIOS``, flip in ``TEST.AUG.FLIP``.
+:class:`KNetSemanticTTA` wraps a semantic model (``KNetSemantic``, or any model that returns detectron2's
+``{"sem_seg": (C, H, W)}`` probabilities at the input's ``height``/``width``). Like detectron2's
+``DatasetMapperTTA`` it augments the image the test mapper produced: for a ratio r the image is resized
+(keeping its aspect ratio, bilinear) so that its short side is ``r * INPUT.MIN_SIZE_TEST`` and its long side
+at most ``r * INPUT.MAX_SIZE_TEST``. Enabled in the trainer by ``TEST.AUG.ENABLED``; ratios in
+``TEST.AUG.RATIOS``, flip in ``TEST.AUG.FLIP``.
 """
 import copy
 from typing import Dict, List, Sequence
@@ -65,14 +66,14 @@ class KNetSemanticTTA(nn.Module):
         self,
         model: nn.Module,
         *,
-        ratios: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
-        min_size: int = 512,
-        max_size: int = 2048,
-        flip: bool = True,
+        ratios: Sequence[float],
+        min_size: int,
+        max_size: int,
+        flip: bool,
     ):
         """
         Args:
-            model: a semantic K-Net (returns ``{"sem_seg": (C, H, W)}`` probabilities per input).
+            model: a ``KNetSemantic`` (returns ``{"sem_seg": (C, H, W)}`` probabilities per input).
             ratios: ``TEST.AUG.RATIOS``.
             min_size, max_size: ``INPUT.MIN_SIZE_TEST``, ``INPUT.MAX_SIZE_TEST`` (the scale of ratio 1.0).
             flip: ``TEST.AUG.FLIP``.

@@ -62,6 +62,19 @@ def tiny_knet_cfg(
     return cfg
 
 
+def knet_kernel_head(**overrides):
+    """A :class:`KNetKernelHead` with the config defaults (``add_knet_config``: the official sizes),
+    changed by ``overrides``; the updator has the head's width unless ``updator_channels`` is given."""
+    from knet.modeling.kernel_head.knet_kernel_head import KNetKernelHead
+
+    cfg = get_cfg()
+    add_knet_config(cfg)
+    args = KNetKernelHead.from_config(cfg)
+    args["updator_channels"] = overrides.get("in_channels", args["in_channels"])
+    args.update(overrides)
+    return KNetKernelHead(**args)
+
+
 def random_instances(height, width, classes, seed=0):
     """``Instances`` with one random rectangle mask per entry of ``classes`` (int64 contiguous ids)."""
     g = np.random.default_rng(seed)

@@ -1,22 +1,11 @@
 """Convert published K-Net checkpoints (and ImageNet backbones) to this package's state-dict names.
 
-Sources (``--source`` of ``tools/convert_knet_checkpoint.py``):
-
-=====================  =======================================================================================
-``mmdet-knet``         official K-Net detection checkpoints (ZwwWayne/K-Net, instance and panoptic; ResNet-50,
-                       ResNet-101, ResNet-101-DCN, Swin-L)
-``mmseg-knet``         mmsegmentation's K-Net checkpoints (FCN / PSP / DeepLabv3 / UPerNet heads on R-50-D8;
-                       UPerNet on Swin-T / Swin-L)
-``torchvision-resnet`` torchvision ImageNet ResNet-50/101 -> ``backbone.bottom_up.*`` (ResNet-FPN)
-``swin``               Swin ImageNet(-22k) weights (the official original-naming files, or mmseg's
-                       re-export in mmseg naming) -> the Swin backbone: ``backbone.bottom_up.*`` (panoptic
-                       Swin + FPN) or ``backbone.*`` (semantic UPerNet), whichever the target model has
-``mmcv-resnet-v1c``    OpenMMLab's ImageNet ResNetV1c (``open-mmlab://resnet50_v1c``, deep stem) -> the
-                       semantic models' ``backbone.*``
-=====================  =======================================================================================
+Sources (``--source`` of ``tools/convert_knet_checkpoint.py``): the registered source layouts
+(:class:`~.layouts.SourceLayout`, :mod:`.layouts`): ``mmdet-knet``, ``mmseg-knet``, ``torchvision-resnet``,
+``swin``, ``mmcv-resnet-v1c``.
 
 Everything here is a pure function of state dicts: :func:`convert_checkpoint` renames every key by the
-source's rules (:mod:`.resnet`, :mod:`.swin`, :mod:`.knet_heads`), drops what is not a weight
+source layout's rules (:mod:`.layouts`), drops what is not a weight
 (``num_batches_tracked``, classifier heads of ImageNet models, optimizer state and ``meta`` at the top level),
 and, given the state dict of the target model, refuses (:class:`CheckpointMismatchError`, nothing is returned,
 so nothing can be written) any checkpoint that does not fill that model exactly: unknown or leftover keys, a
@@ -35,21 +24,13 @@ order).
 import logging
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .knet_heads import (
-    mmdet_neck_rules,
-    mmdet_rpn_head_rules,
-    mmseg_aux_head_rules,
-    mmseg_generate_head_rules,
-    update_head_rules,
-)
-from .resnet import NUM_BATCHES_TRACKED, resnet_rules
-from .rules import Drop, apply_rules, compile_rules
-from .swin import swin_imagenet_rules, swin_mm_rules
+from .layouts import SOURCE_LAYOUTS, SWIN_PREFIXES, SourceLayout, get_source_layout
+from .rules import apply_rules, compile_rules
+from .summary import ConversionResult, ConversionSummary
 
 __all__ = [
     "SOURCES",
@@ -68,7 +49,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("mmdet-knet", "mmseg-knet", "torchvision-resnet", "swin", "mmcv-resnet-v1c")
+# The registered source names (``--source``), see :mod:`.layouts`.
+SOURCES = tuple(SOURCE_LAYOUTS)
 
 # The normalisation of every supported source, RGB order, 0-255 scale.
 RECIPE_PIXEL_MEAN_RGB = (123.675, 116.28, 103.53)
@@ -86,110 +68,9 @@ FIRST_CONV_KEYS = (
 # them when missing).
 CONFIG_BUFFERS = ("pixel_mean", "pixel_std")
 
-# (source key, our key, what the class count is) used to explain a class-count mismatch.
-_CLASS_KEYS = {
-    "mmdet-knet": [("rpn_head.conv_seg.weight", "kernel_head.conv_seg.weight")],
-    "mmseg-knet": [("decode_head.kernel_generate_head.conv_seg.weight", "pixel_decoder.conv_seg.weight")],
-}
-
-# Backbone-only sources fill this prefix (by default; see _resolve_backbone_prefix); the rest of the model
-# keeps its initialisation.
-_BACKBONE_ONLY = {
-    "torchvision-resnet": "backbone.bottom_up.",
-    "swin": "backbone.bottom_up.",
-    "mmcv-resnet-v1c": "backbone.",
-}
-# Target keys a backbone-only source may leave at their initialisation (not in the ImageNet model).
-_BACKBONE_NEW_KEYS = {
-    "torchvision-resnet": (),
-    "mmcv-resnet-v1c": (),
-    # dense-prediction Swin adds per-output norms; relative_position_index / attn_mask are derived buffers
-    "swin": (
-        r"norm\d\.(weight|bias)",
-        r"layers\.\d+\.blocks\.\d+\.attn\.relative_position_index",
-        r"layers\.\d+\.blocks\.\d+\.attn_mask",
-    ),
-}
-
-
-# Default backbone prefix of the full K-Net sources: detection models have an FPN (``bottom_up``), semantic
-# models not.
-_KNET_BACKBONE_PREFIX = {"mmdet-knet": "backbone.bottom_up.", "mmseg-knet": "backbone."}
-# Where a Swin backbone can live in our models: under the FPN (panoptic) or directly (semantic).
-_SWIN_PREFIXES = ("backbone.bottom_up.", "backbone.")
-_SWIN_FIRST_KEY = "patch_embed.proj.weight"
-
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's layout does not fit the source rules or the target model; nothing was converted."""
-
-
-@dataclass
-class ConversionSummary:
-    """What a conversion did. ``mapped``: number of tensors per group; ``dropped``: (key, reason) pairs."""
-
-    source: str
-    num_input_keys: int = 0
-    mapped: Dict[str, int] = field(default_factory=dict)
-    mapped_numel: int = 0
-    dropped: List[Tuple[str, str]] = field(default_factory=list)
-    dropped_top_level: List[str] = field(default_factory=list)
-    transformed: List[Tuple[str, str]] = field(default_factory=list)
-    left_to_model: List[str] = field(default_factory=list)
-    from_config: List[str] = field(default_factory=list)
-    num_classes: Optional[int] = None
-
-    @property
-    def num_mapped(self) -> int:
-        return sum(self.mapped.values())
-
-    @property
-    def num_dropped(self) -> int:
-        return len(self.dropped)
-
-    def dropped_by_reason(self) -> Dict[str, int]:
-        out: Dict[str, int] = OrderedDict()
-        for _, reason in self.dropped:
-            out[reason] = out.get(reason, 0) + 1
-        return out
-
-    def format(self) -> str:
-        """A human-readable multi-line report."""
-        lines = [
-            f"source: {self.source}; {self.num_input_keys} tensors in the checkpoint",
-            f"mapped: {self.num_mapped} tensors ({self.mapped_numel:,} values)"
-            + (f"; {self.num_classes} classes" if self.num_classes else ""),
-        ]
-        lines += [f"  {g}: {n}" for g, n in self.mapped.items()]
-        lines.append(f"dropped: {self.num_dropped} tensors")
-        lines += [f"  {n} x {reason}" for reason, n in self.dropped_by_reason().items()]
-        if self.dropped_top_level:
-            lines.append(f"dropped top-level entries: {', '.join(self.dropped_top_level)}")
-        for key, what in self.transformed:
-            lines.append(f"transformed: {key}: {what}")
-        if self.left_to_model:
-            lines.append(
-                "not in this checkpoint (keep the model's initialisation): "
-                f"{len(self.left_to_model)} tensors, "
-                f"e.g. {', '.join(self.left_to_model[:3])}"
-            )
-        if self.from_config:
-            lines.append(f"from the config, not the checkpoint: {', '.join(self.from_config)}")
-        return "\n".join(lines)
-
-
-@dataclass
-class ConversionResult:
-    """``state_dict``: our names -> tensors; ``metadata``: JSON-serialisable info (source, class names,
-    ...)."""
-
-    state_dict: "OrderedDict[str, torch.Tensor]"
-    metadata: dict
-    summary: ConversionSummary
-
-    def to_checkpoint(self) -> dict:
-        """The dict to save: detectron2's checkpointer loads ``model`` and returns the rest."""
-        return {"model": self.state_dict, "meta": self.metadata}
 
 
 def extract_state_dict(checkpoint, where="checkpoint"):
@@ -222,26 +103,18 @@ def extract_class_names(checkpoint) -> Optional[List[str]]:
     return None
 
 
-def _has_prefix(keys, prefix):
-    return any(k.startswith(prefix) for k in keys)
+_SWIN_FIRST_KEY = "patch_embed.proj.weight"
 
 
-def _is_swin(source: str, keys: Sequence[str]) -> bool:
-    """Whether the checkpoint's backbone is a Swin Transformer."""
-    if source == "swin":
-        return True
-    return source in _KNET_BACKBONE_PREFIX and _has_prefix(keys, "backbone.stages.")
-
-
-def _resolve_backbone_prefix(source, keys, target_state_dict, dst_prefix):
+def _resolve_backbone_prefix(layout: SourceLayout, keys, target_state_dict, dst_prefix):
     """The prefix our backbone names get: ``dst_prefix`` if given; for a Swin checkpoint and a target model,
     the prefix under which that model has its Swin (``backbone.bottom_up.`` with an FPN, ``backbone.`` in the
-    semantic models); otherwise the source's default."""
+    semantic models); otherwise the layout's default."""
     if dst_prefix is not None:
         return dst_prefix
-    default = _KNET_BACKBONE_PREFIX.get(source) or _BACKBONE_ONLY[source]
-    if target_state_dict is not None and _is_swin(source, keys):
-        for prefix in (default,) + tuple(p for p in _SWIN_PREFIXES if p != default):
+    default = layout.backbone_prefix
+    if target_state_dict is not None and layout.is_swin(keys):
+        for prefix in (default,) + tuple(p for p in SWIN_PREFIXES if p != default):
             if prefix + _SWIN_FIRST_KEY in target_state_dict:
                 return prefix
     return default
@@ -250,49 +123,8 @@ def _resolve_backbone_prefix(source, keys, target_state_dict, dst_prefix):
 def build_rules(source: str, keys: Sequence[str], dst_prefix: Optional[str] = None):
     """The rule list for ``source``, choosing the backbone rules from the keys present (ResNet with 7x7 or
     deep stem, with or without DCN, or Swin; for ``swin``, the original or mmseg naming)."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
-    drops = [NUM_BATCHES_TRACKED]
-    if source == "mmdet-knet":
-        bb = dst_prefix or "backbone.bottom_up."
-        if _has_prefix(keys, "backbone.stages."):
-            backbone = swin_mm_rules("backbone.", bb)
-        else:
-            backbone = resnet_rules("backbone.", bb)
-        return (
-            drops
-            + backbone
-            + mmdet_neck_rules()
-            + mmdet_rpn_head_rules()
-            + update_head_rules("roi_head.mask_head.", "kernel_head.update_heads.")
-        )
-    if source == "mmseg-knet":
-        bb = dst_prefix or "backbone."
-        if _has_prefix(keys, "backbone.stages."):
-            backbone = swin_mm_rules("backbone.", bb)
-        else:
-            backbone = resnet_rules("backbone.", bb, deep_stem="backbone.stem.0.weight" in keys)
-        return (
-            drops
-            + backbone
-            + mmseg_generate_head_rules()
-            + update_head_rules("decode_head.kernel_update_head.", "kernel_head.update_heads.")
-            + mmseg_aux_head_rules()
-        )
-    if source == "torchvision-resnet":
-        return (
-            drops
-            + [Drop(r"fc\.(weight|bias)", "ImageNet classifier")]
-            + resnet_rules("", dst_prefix or "backbone.bottom_up.")
-        )
-    if source == "mmcv-resnet-v1c":
-        return (
-            drops
-            + [Drop(r"fc\.(weight|bias)", "ImageNet classifier")]
-            + resnet_rules("", dst_prefix or "backbone.", deep_stem=True)
-        )
-    mm_naming = _has_prefix(keys, "stages.") or _has_prefix(keys, "patch_embed.projection.")
-    return drops + swin_imagenet_rules(dst_prefix or "backbone.bottom_up.", mm_naming=mm_naming)
+    layout = get_source_layout(source)
+    return layout.rules(keys, dst_prefix or layout.backbone_prefix)
 
 
 def _shape(v):
@@ -332,11 +164,10 @@ def convert_state_dict(
     """
     if input_format not in ("RGB", "BGR"):
         raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
-    if source not in SOURCES:
-        raise ValueError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
+    layout = get_source_layout(source)
     keys = list(state_dict.keys())
-    prefix = _resolve_backbone_prefix(source, keys, target_state_dict, dst_prefix)
-    compiled = compile_rules(build_rules(source, keys, prefix))
+    prefix = _resolve_backbone_prefix(layout, keys, target_state_dict, dst_prefix)
+    compiled = compile_rules(layout.rules(keys, prefix))
     summary = ConversionSummary(source=source, num_input_keys=len(keys))
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     origin: Dict[str, str] = {}
@@ -381,9 +212,9 @@ def convert_state_dict(
         )
 
     if target_state_dict is not None:
-        backbone_only = prefix if source in _BACKBONE_ONLY else None
+        backbone_only = prefix if layout.backbone_only else None
         _fit_to_target(
-            out, origin, optional_reason, target_state_dict, state_dict, source, summary, where, backbone_only
+            out, origin, optional_reason, target_state_dict, state_dict, layout, summary, where, backbone_only
         )
 
     if input_format == "BGR":
@@ -399,20 +230,20 @@ def convert_state_dict(
     for k, v in out.items():
         summary.mapped[group_of[k]] = summary.mapped.get(group_of[k], 0) + 1
         summary.mapped_numel += v.numel()
-    for src_key, dst_key in _CLASS_KEYS.get(source, []):
+    for src_key, dst_key in layout.class_keys:
         if src_key in state_dict:
             summary.num_classes = int(state_dict[src_key].shape[0])
     return out, summary
 
 
 def _fit_to_target(
-    out, origin, optional_reason, target, source_sd, source, summary, where, backbone_prefix
+    out, origin, optional_reason, target, source_sd, layout: SourceLayout, summary, where, backbone_prefix
 ):
     """Check ``out`` against the target model's state dict; drop absent optional keys. Raises on mismatch.
     ``backbone_prefix``: for backbone-only sources, the prefix they fill (the rest of the model may stay at
     its initialisation); None for full K-Net checkpoints, which must fill everything."""
     # 1. a different class count, explained before the generic shape check
-    for src_key, dst_key in _CLASS_KEYS.get(source, []):
+    for src_key, dst_key in layout.class_keys:
         if src_key in source_sd and dst_key in target:
             have, want = int(source_sd[src_key].shape[0]), _shape(target[dst_key])[0]
             if have != want:
@@ -436,7 +267,7 @@ def _fit_to_target(
     ]
     missing, left = [], []
     new_keys = (
-        [re.compile(re.escape(backbone_prefix) + p + r"\Z") for p in _BACKBONE_NEW_KEYS.get(source, ())]
+        [re.compile(re.escape(backbone_prefix) + p + r"\Z") for p in layout.new_backbone_keys]
         if backbone_prefix
         else []
     )
@@ -462,7 +293,7 @@ def _fit_to_target(
         problems.append(f"{len(missing)} model tensor(s) are not in the checkpoint:{_fmt_list(missing)}")
     if problems:
         raise CheckpointMismatchError(
-            f"{where} (--source {source}) does not fit the model built from the config:\n  "
+            f"{where} (--source {layout.name}) does not fit the model built from the config:\n  "
             + "\n  ".join(problems)
             + "\nCheck that the config matches the checkpoint (backbone depth, DCN, Swin size, head type and "
             "width, class count; docs/MODEL_ZOO.md pairs each published checkpoint with its config). "

@@ -128,9 +128,9 @@ def mmseg_generate_head_rules(
     return rules
 
 
-def mmseg_aux_head_rules(src="auxiliary_head.", dst="pixel_decoder.auxiliary_head.", group="auxiliary_head"):
-    """mmseg auxiliary ``FCNHead`` -> our pixel decoder's ``auxiliary_head``; optional (inference-only models
-    may be built without it)."""
+def mmseg_aux_head_rules(src="auxiliary_head.", dst="auxiliary_head.", group="auxiliary_head"):
+    """mmseg auxiliary ``FCNHead`` -> ``KNetSemantic.auxiliary_head``; optional (inference-only models may be
+    built without it)."""
     s = src.replace(".", r"\.")
     reason = "auxiliary FCN head (training only; the target model has none)"
     rules = _conv_module_rules(

@@ -24,6 +24,8 @@ Sources:
   ``head`` removed, ``norm`` and ``attn_mask`` kept): the mmdet/mmseg rules plus the same drops.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from .rules import Drop, Rename
@@ -73,61 +75,83 @@ def permute_norm(w: torch.Tensor) -> torch.Tensor:
 _WB = r"(weight|bias)"
 
 
-def swin_mm_rules(src_prefix, dst_prefix, group="backbone"):
-    """mmdet/mmseg Swin names under ``src_prefix`` -> original Swin names under ``dst_prefix``."""
+@dataclass(frozen=True)
+class _SwinNaming:
+    """How a Swin checkpoint names its modules (regular-expression fragments)."""
+
+    patch_proj: str  # the patch embedding's conv
+    stages: str  # the stage list
+    attn: str  # the window attention
+    fc1: str  # the MLP's two linear layers
+    fc2: str
+    unfold_order: bool  # patch merging stored in nn.Unfold channel order (needs the un-permutation)
+    out_norms: bool  # has the dense-prediction per-output norms norm0..norm3
+
+
+_MM_NAMING = _SwinNaming(
+    "projection", "stages", r"attn\.w_msa\.", r"ffn\.layers\.0\.0", r"ffn\.layers\.1", True, True
+)
+_ORIGINAL_NAMING = _SwinNaming("proj", "layers", r"attn\.", r"mlp\.fc1", r"mlp\.fc2", False, False)
+
+
+_ABS_POS_REASON = "absolute position embedding (unused by the target Swin)"
+_INDEX_REASON = "relative_position_index buffer (recomputed from the window size)"
+
+
+def _optional(pattern, repl, group, reason):
+    """A rename whose result is dropped, with ``reason``, when the target model has no such tensor."""
+    return Rename(pattern, repl, group, optional=True, optional_reason=reason)
+
+
+def _swin_rules(naming: _SwinNaming, src_prefix, dst_prefix, group):
+    """Source names in ``naming`` under ``src_prefix`` -> original Swin names under ``dst_prefix``."""
     s = src_prefix.replace(".", r"\.")
     d = dst_prefix
-    blk = rf"{s}stages\.(\d+)\.blocks\.(\d+)\."
+    n = naming
+    blk = rf"{s}{n.stages}\.(\d+)\.blocks\.(\d+)\."
     dblk = rf"{d}layers.\1.blocks.\2."
-    return [
-        Rename(rf"{s}patch_embed\.projection\.{_WB}", rf"{d}patch_embed.proj.\1", group),
+    rules = [
+        Rename(rf"{s}patch_embed\.{n.patch_proj}\.{_WB}", rf"{d}patch_embed.proj.\1", group),
         Rename(rf"{s}patch_embed\.norm\.{_WB}", rf"{d}patch_embed.norm.\1", group),
-        Rename(
-            rf"{s}absolute_pos_embed",
-            rf"{d}absolute_pos_embed",
-            group,
-            optional=True,
-            optional_reason="absolute position embedding (unused by the target Swin)",
-        ),
+        _optional(rf"{s}absolute_pos_embed", rf"{d}absolute_pos_embed", group, _ABS_POS_REASON),
         Rename(rf"{blk}(norm1|norm2)\.{_WB}", rf"{dblk}\3.\4", group),
         Rename(
-            rf"{blk}attn\.w_msa\.relative_position_bias_table",
-            rf"{dblk}attn.relative_position_bias_table",
-            group,
+            rf"{blk}{n.attn}relative_position_bias_table", rf"{dblk}attn.relative_position_bias_table", group
         ),
-        Rename(
-            rf"{blk}attn\.w_msa\.relative_position_index",
-            rf"{dblk}attn.relative_position_index",
-            group,
-            optional=True,
-            optional_reason="relative_position_index buffer (recomputed from the window size)",
-        ),
-        Rename(rf"{blk}attn\.w_msa\.(qkv|proj)\.{_WB}", rf"{dblk}attn.\3.\4", group),
-        Rename(rf"{blk}ffn\.layers\.0\.0\.{_WB}", rf"{dblk}mlp.fc1.\3", group),
-        Rename(rf"{blk}ffn\.layers\.1\.{_WB}", rf"{dblk}mlp.fc2.\3", group),
-        Rename(
-            rf"{s}stages\.(\d+)\.downsample\.reduction\.weight",
-            rf"{d}layers.\1.downsample.reduction.weight",
-            group,
-            transform=unpermute_reduction,
-        ),
-        Rename(
-            rf"{s}stages\.(\d+)\.downsample\.norm\.{_WB}",
-            rf"{d}layers.\1.downsample.norm.\2",
-            group,
-            transform=unpermute_norm,
-        ),
-        Rename(rf"{s}norm(\d)\.{_WB}", rf"{d}norm\1.\2", group),
+        _optional(rf"{blk}{n.attn}relative_position_index", rf"{dblk}attn.relative_position_index", group,
+                  _INDEX_REASON),
+        Rename(rf"{blk}{n.attn}(qkv|proj)\.{_WB}", rf"{dblk}attn.\3.\4", group),
+        Rename(rf"{blk}{n.fc1}\.{_WB}", rf"{dblk}mlp.fc1.\3", group),
+        Rename(rf"{blk}{n.fc2}\.{_WB}", rf"{dblk}mlp.fc2.\3", group),
     ]
+    # patch merging: its weights in nn.Unfold order are un-permuted
+    for src_leaf, dst_leaf, unpermute in (
+        (r"reduction\.weight", "reduction.weight", unpermute_reduction),
+        (rf"norm\.{_WB}", r"norm.\2", unpermute_norm),
+    ):
+        transform = unpermute if n.unfold_order else None
+        rules.append(
+            Rename(
+                rf"{s}{n.stages}\.(\d+)\.downsample\.{src_leaf}",
+                rf"{d}layers.\1.downsample.{dst_leaf}",
+                group,
+                transform=transform,
+            )
+        )
+    if n.out_norms:
+        rules.append(Rename(rf"{s}norm(\d)\.{_WB}", rf"{d}norm\1.\2", group))
+    return rules
+
+
+def swin_mm_rules(src_prefix, dst_prefix, group="backbone"):
+    """mmdet/mmseg Swin names under ``src_prefix`` -> original Swin names under ``dst_prefix``."""
+    return _swin_rules(_MM_NAMING, src_prefix, dst_prefix, group)
 
 
 def swin_imagenet_rules(dst_prefix, group="backbone", mm_naming=False):
     """Swin ImageNet checkpoints (no prefix) -> ``dst_prefix`` + original naming. ``mm_naming``: the file is
     mmseg's re-export of them (``stages``, ``attn.w_msa``, ...; see the module docstring), not the official
     original-naming file."""
-    d = dst_prefix
-    blk = r"layers\.(\d+)\.blocks\.(\d+)\."
-    dblk = rf"{d}layers.\1.blocks.\2."
     drops = [
         Drop(r"head\.(weight|bias)", "ImageNet classifier"),
         Drop(r"norm\.(weight|bias)", "final norm of the classifier (dense-prediction Swin has norm0..norm3)"),
@@ -136,33 +160,4 @@ def swin_imagenet_rules(dst_prefix, group="backbone", mm_naming=False):
             "shifted-window attention mask (depends on the input size; recomputed)",
         ),
     ]
-    if mm_naming:
-        return drops + swin_mm_rules("", dst_prefix, group)
-    return drops + [
-        Rename(rf"patch_embed\.(proj|norm)\.{_WB}", rf"{d}patch_embed.\1.\2", group),
-        Rename(
-            r"absolute_pos_embed",
-            rf"{d}absolute_pos_embed",
-            group,
-            optional=True,
-            optional_reason="absolute position embedding (unused by the target Swin)",
-        ),
-        Rename(rf"{blk}(norm1|norm2)\.{_WB}", rf"{dblk}\3.\4", group),
-        Rename(
-            rf"{blk}attn\.relative_position_bias_table", rf"{dblk}attn.relative_position_bias_table", group
-        ),
-        Rename(
-            rf"{blk}attn\.relative_position_index",
-            rf"{dblk}attn.relative_position_index",
-            group,
-            optional=True,
-            optional_reason="relative_position_index buffer (recomputed from the window size)",
-        ),
-        Rename(rf"{blk}attn\.(qkv|proj)\.{_WB}", rf"{dblk}attn.\3.\4", group),
-        Rename(rf"{blk}mlp\.(fc1|fc2)\.{_WB}", rf"{dblk}mlp.\3.\4", group),
-        Rename(
-            r"layers\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)",
-            rf"{d}layers.\1.downsample.\2",
-            group,
-        ),
-    ]
+    return drops + _swin_rules(_MM_NAMING if mm_naming else _ORIGINAL_NAMING, "", dst_prefix, group)

@@ -390,7 +390,8 @@ def check_dataset_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     import knet  # noqa: F401  (registers the built-in datasets)
-    from knet.engine.setup import KNetConfigError, KNetMetadataError, _registered, load_config
+    from knet.data.metadata import DatasetMetadataError, check_registered
+    from knet.engine import KNetConfigError, load_config
 
     try:
         for spec in args.register:
@@ -402,8 +403,8 @@ def check_dataset_main(argv: Optional[Sequence[str]] = None) -> int:
         if args.only in (None, "test"):
             datasets += [(n, "DATASETS.TEST") for n in cfg.DATASETS.TEST]
         for name, role in datasets:
-            _registered(name, role)
-    except (KNetConfigError, KNetMetadataError, ImportError, FileNotFoundError) as e:
+            check_registered(name, role)
+    except (KNetConfigError, DatasetMetadataError, ImportError, FileNotFoundError) as e:
         print(f"check_dataset.py: error: {e}", file=sys.stderr)
         return 2
     if not datasets:

@@ -1,15 +1,22 @@
 """K-Net training engine: ``Trainer`` (a detectron2 ``DefaultTrainer``), the optimizer, the resumable train
-loader, mixed precision on CUDA and CPU, config loading and pre-flight checks."""
+loader, the mixed-precision step on CUDA and CPU, devices, config loading, the run set-up and the pre-flight.
+
+Checkpointing is :mod:`knet.checkpoint`; the dataset-metadata check is :mod:`knet.data.metadata`.
+"""
+from .config_loader import KNetConfigError, load_config
+from .devices import create_knet_ddp_model, model_device_type, use_cpu_without_cuda
+from .mixed_precision import KNetAMPTrainer
 from .optimizer import add_full_model_gradient_clipping, build_knet_optimizer, get_knet_optimizer_params
-from .setup import KNetConfigError, KNetMetadataError, check_dataset_metadata, load_config, setup
+from .preflight import preflight
+from .rng_state import RandomStateHook
+from .setup import setup
 from .train_loader import KNetResumableTrainingSampler, SeededMapDataset, build_knet_train_loader
-from .train_loop import KNetAMPTrainer
-from .trainer import Trainer, create_knet_ddp_model
+from .trainer import Trainer
 
 __all__ = [
     "Trainer",
-    "create_knet_ddp_model",
     "KNetAMPTrainer",
+    "RandomStateHook",
     "build_knet_optimizer",
     "get_knet_optimizer_params",
     "add_full_model_gradient_clipping",
@@ -17,8 +24,10 @@ __all__ = [
     "SeededMapDataset",
     "build_knet_train_loader",
     "KNetConfigError",
-    "KNetMetadataError",
     "load_config",
     "setup",
-    "check_dataset_metadata",
+    "preflight",
+    "create_knet_ddp_model",
+    "model_device_type",
+    "use_cpu_without_cuda",
 ]

@@ -1,53 +1,63 @@
 """``Trainer``: detectron2's ``DefaultTrainer`` with K-Net's builders.
 
-Differences from ``DefaultTrainer`` (detectron2 v0.6, ``detectron2/engine/defaults.py``):
+Differences from ``DefaultTrainer`` (detectron2 v0.6 and main, ``detectron2/engine/defaults.py``):
 
 * model, optimizer, mappers, evaluators and checkpointer come from the package (``build_knet_optimizer``,
-  ``KNET_MAPPER_REGISTRY``, ``knet.evaluation.build_evaluator``, ``KNetCheckpointer``);
-* ``DistributedDataParallel`` also wraps CPU models (``device_ids=None``), so ``--num-gpus N`` on a machine
-  without GPU trains with N CPU processes (gloo);
-* ``SOLVER.AMP.ENABLED`` uses :class:`KNetAMPTrainer` (float16 on CUDA, bfloat16 on CPU);
-* checkpoints hold the optimizer (and grad-scaler) state and the random generators' states, which v0.6's
-  ``DefaultTrainer`` leaves out, and the training data loader restarts at the resumed iteration
-  (:mod:`knet.engine.train_loader`): a resumed run ends with the weights of an uninterrupted one. The loader
-  is restarted with ``SimpleTrainer.reset_data_loader`` where detectron2 has it (main); on v0.6 the loop is
-  rebuilt around the new loader (``_v06_rebuild_loop``), no private attribute of detectron2 is written;
-* ``test_with_TTA`` uses the semantic TTA wrapper for semantic datasets and evaluates the others without TTA.
+  ``KNET_MAPPER_REGISTRY``, ``knet.evaluation.build_evaluator``, ``KNetCheckpointer``), and the datasets are
+  checked before anything is built (:func:`knet.engine.preflight.preflight`);
+* the training loop comes from :meth:`Trainer.build_train_loop`: ``DistributedDataParallel`` also wraps CPU
+  models (``device_ids=None``), so ``--num-gpus N`` on a machine without GPU trains with N CPU processes
+  (gloo), and ``SOLVER.AMP.ENABLED`` uses :class:`KNetAMPTrainer` (float16 on CUDA, bfloat16 on CPU).
+  ``DefaultTrainer.__init__`` hard-codes ``create_ddp_model`` (GPU device ids) and ``AMPTrainer`` (CUDA
+  only), so the constructor is K-Net's; it keeps the loop in ``train_loop``, which ``DefaultTrainer``'s own
+  methods read under the name ``_trainer`` (a read-only property here: no attribute of detectron2 is
+  written);
+* checkpoints hold the loop's state (optimizer, grad scaler), which v0.6's ``DefaultTrainer`` leaves out,
+  and the random generators' states (:class:`~.rng_state.RandomStateHook`); the training data loader
+  restarts at the resumed iteration (:mod:`knet.engine.train_loader`): a resumed run ends with the weights
+  of an uninterrupted one. The loader is restarted with ``SimpleTrainer.reset_data_loader`` where
+  detectron2 has it (main); on v0.6 a new loop is built around the new loader (``_v06_rebuild_loop``);
+* ``test`` writes ``last_eval_results.json``; ``test_with_TTA`` uses the semantic TTA wrapper for semantic
+  datasets and evaluates the others without TTA.
 """
 import functools
 import json
 import logging
 import os
-import random
 import weakref
 from collections import OrderedDict
 
-import numpy as np
-import torch
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint.checkpointer import KNetCheckpointer
+from ..checkpoint.io import atomic_write
 from ..data.dataset_mappers.registry import build_mapper
 from ..data.robust import RobustMapper
 from ..evaluation.build import build_evaluator, resolve_evaluator_type
 from ..evaluation.coverage import SkipBadInputs, as_knet_evaluators
 from ..test_time_augmentation import KNetSemanticTTA
+from .devices import create_knet_ddp_model
+from .mixed_precision import KNetAMPTrainer
 from .optimizer import build_knet_optimizer
-from .setup import check_dataset_metadata
+from .preflight import preflight
+from .rng_state import RandomStateHook
 from .train_loader import BadDataHook, build_knet_train_loader
-from .train_loop import KNetAMPTrainer, model_device_type
 
-__all__ = ["Trainer", "create_knet_ddp_model"]
+__all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
 
 
 LAST_EVAL_RESULTS = "last_eval_results.json"
+
+# detectron2 v0.6's DefaultTrainer leaves the loop's state (optimizer, grad scaler) out of its checkpoints;
+# later versions save it under "_trainer" themselves, as K-Net does on v0.6.
+_V06_LOOP_STATE_NOT_SAVED = "state_dict" not in vars(DefaultTrainer)
 
 
 def _jsonable(obj):
@@ -57,32 +67,6 @@ def _jsonable(obj):
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     return obj.item() if hasattr(obj, "item") else obj
-
-
-def create_knet_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
-    """detectron2's ``create_ddp_model`` (the model itself when there is one process), with
-    ``device_ids=None`` for CPU models (v0.6 passes ``[local_rank]``, which CPU modules reject)."""
-    if comm.get_world_size() > 1 and model_device_type(model) != "cuda":
-        kwargs["device_ids"] = None
-    return create_ddp_model(model, **kwargs)
-
-
-def _rng_state() -> dict:
-    """The global generators' states as tensors/ints (loadable by ``torch.load(weights_only=True)``)."""
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"])
 
 
 class Trainer(DefaultTrainer):
@@ -97,33 +81,43 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        check_dataset_metadata(cfg)
+        preflight(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_knet_ddp_model(model, broadcast_buffers=False)
-        loop_cls = KNetAMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = loop_cls(model, data_loader, optimizer)
-
+        self.train_loop = self.build_train_loop(cfg, model, self.build_train_loader(cfg), optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = KNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = KNetCheckpointer(self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
-    # ---------------------------------------------------------------- resume
+    @property
+    def _trainer(self):
+        """``DefaultTrainer``'s name for the loop (read by its ``run_step``, its ``model``/``optimizer``/
+        ``data_loader`` properties and, after v0.6, its ``state_dict``): :attr:`train_loop`."""
+        return self.train_loop
+
+    @classmethod
+    def build_train_loop(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
+        """The loop that runs one training step: ``SimpleTrainer``, or :class:`KNetAMPTrainer` with
+        ``SOLVER.AMP.ENABLED``, around the model in ``DistributedDataParallel`` when there are several
+        processes (:func:`~.devices.create_knet_ddp_model`: CPU models too)."""
+        model = create_knet_ddp_model(model, broadcast_buffers=False)
+        loop_cls = KNetAMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        return loop_cls(model, data_loader, optimizer)
+
+    # ---------------------------------------------------------------- checkpoint and resume
     def resume_or_load(self, resume=True):
         """As ``DefaultTrainer.resume_or_load``; when resuming at iteration ``i > 0`` the training loader is
         rebuilt to start at the data of iteration ``i``."""
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             build = functools.partial(self.build_train_loader, self.cfg, start_iter=self.start_iter)
-            if hasattr(self._trainer, "reset_data_loader"):
+            if hasattr(self.train_loop, "reset_data_loader"):
                 # detectron2 after v0.6 (main): the supported reset; the iterator is made on first use
-                self._trainer.reset_data_loader(build)
+                self.train_loop.reset_data_loader(build)
             else:
                 self._v06_rebuild_loop(build())
 
@@ -132,22 +126,20 @@ class Trainer(DefaultTrainer):
         iterator of its data loader in its constructor and has no way to replace it, so a new loop of the same
         class is built around ``data_loader``, with the same model and optimizer (and the AMP loop's grad
         scaler, whose state was just loaded)."""
-        old = self._trainer
+        old = self.train_loop
         kwargs = {"grad_scaler": old.grad_scaler} if isinstance(old, KNetAMPTrainer) else {}
-        self._trainer = type(old)(old.model, data_loader, old.optimizer, **kwargs)
+        self.train_loop = type(old)(old.model, data_loader, old.optimizer, **kwargs)
 
     def state_dict(self):
         ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        ret["rng"] = _rng_state()
+        if _V06_LOOP_STATE_NOT_SAVED:
+            ret["_trainer"] = self.train_loop.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
-        if "rng" in state_dict:
-            _set_rng_state(state_dict["rng"])
+        if _V06_LOOP_STATE_NOT_SAVED and "_trainer" in state_dict:
+            self.train_loop.load_state_dict(state_dict["_trainer"])
 
     # ---------------------------------------------------------------- builders
     @classmethod
@@ -173,8 +165,10 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         """detectron2's hooks, preceded by :class:`BadDataHook` (counts the samples skipped for bad data
-        files; first, so that the checkpoint of a step includes its skips)."""
-        return [BadDataHook(self.cfg.DATALOADER.MAX_SKIPPED_FRACTION)] + super().build_hooks()
+        files; first, so that the checkpoint of a step includes its skips) and :class:`RandomStateHook`
+        (the generators' states in every checkpoint)."""
+        hooks = [BadDataHook(self.cfg.DATALOADER.MAX_SKIPPED_FRACTION), RandomStateHook()]
+        return hooks + super().build_hooks()
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -200,11 +194,8 @@ class Trainer(DefaultTrainer):
         model = model if isinstance(model, SkipBadInputs) else SkipBadInputs(model)
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and cfg.OUTPUT_DIR and isinstance(results, dict):
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            path = os.path.join(cfg.OUTPUT_DIR, LAST_EVAL_RESULTS)
-            with open(path + ".tmp", "w") as f:
+            with atomic_write(os.path.join(cfg.OUTPUT_DIR, LAST_EVAL_RESULTS), "w") as f:
                 json.dump(_jsonable(results), f, indent=2)
-            os.replace(path + ".tmp", path)
         return results
 
     @classmethod

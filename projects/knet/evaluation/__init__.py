@@ -1,7 +1,6 @@
 """K-Net evaluation: evaluators chosen from dataset metadata (see :func:`build_evaluator`)."""
 from .build import (  # noqa: F401
     EVALUATOR_REQUIRED_METADATA,
-    KNetMetadataError,
     build_evaluator,
     missing_evaluator_metadata,
     resolve_evaluator_type,
@@ -9,7 +8,6 @@ from .build import (  # noqa: F401
 
 __all__ = [
     "EVALUATOR_REQUIRED_METADATA",
-    "KNetMetadataError",
     "build_evaluator",
     "missing_evaluator_metadata",
     "resolve_evaluator_type",

@@ -13,7 +13,8 @@ the right metadata. Supported ``evaluator_type`` values:
 
 Fallback: when ``evaluator_type`` is missing, the type is inferred from the other metadata keys (panoptic
 json → panoptic, COCO json → instance, semantic root or ``stuff_classes`` + ``ignore_label`` → semantic).
-Everything else raises :class:`KNetMetadataError` naming the dataset and the missing key.
+Everything else raises :class:`knet.data.metadata.DatasetMetadataError` naming the dataset and the missing
+key.
 """
 import logging
 import os
@@ -27,10 +28,10 @@ from detectron2.evaluation import (
     SemSegEvaluator,
 )
 
+from ..data.metadata import DatasetMetadataError, missing_metadata_error
 from .coverage import KNetDatasetEvaluators
 
 __all__ = [
-    "KNetMetadataError",
     "EVALUATOR_REQUIRED_METADATA",
     "build_evaluator",
     "resolve_evaluator_type",
@@ -57,14 +58,6 @@ _ALIASES = {"ade20k_panoptic_seg": "coco_panoptic_seg"}
 SUPPORTED_EVALUATOR_TYPES = tuple(EVALUATOR_REQUIRED_METADATA) + tuple(_ALIASES)
 
 
-class KNetMetadataError(KeyError):
-    """A dataset's metadata lacks a key that an evaluator or a mapper needs (a ``KeyError`` with a readable
-    message: ``str(err)`` is the message itself, not its repr)."""
-
-    def __str__(self):
-        return str(self.args[0]) if self.args else ""
-
-
 def _has(meta, key: str) -> bool:
     return meta.get(key, None) is not None
 
@@ -73,14 +66,14 @@ def resolve_evaluator_type(dataset_name: str) -> str:
     """Return the canonical evaluator type of a registered dataset.
 
     Reads ``MetadataCatalog.get(dataset_name).evaluator_type``; when it is missing, infers the type from the
-    other metadata keys (and logs that it did). Raises :class:`KNetMetadataError` when nothing fits.
+    other metadata keys (and logs that it did). Raises :class:`DatasetMetadataError` when nothing fits.
     """
     meta = MetadataCatalog.get(dataset_name)
     etype = meta.get("evaluator_type", None)
     if etype is not None:
         etype = _ALIASES.get(etype, etype)
         if etype not in EVALUATOR_REQUIRED_METADATA:
-            raise KNetMetadataError(
+            raise DatasetMetadataError(
                 f"Dataset '{dataset_name}' has metadata evaluator_type='{meta.evaluator_type}', which K-Net "
                 f"cannot evaluate. Supported: {', '.join(SUPPORTED_EVALUATOR_TYPES)}. Set "
                 f"MetadataCatalog.get('{dataset_name}').evaluator_type to one of them, or pass your own "
@@ -94,7 +87,7 @@ def resolve_evaluator_type(dataset_name: str) -> str:
     elif _has(meta, "sem_seg_root") or (_has(meta, "stuff_classes") and _has(meta, "ignore_label")):
         inferred = "sem_seg"
     else:
-        raise KNetMetadataError(
+        raise DatasetMetadataError(
             f"Dataset '{dataset_name}' has no metadata key 'evaluator_type' and none of the keys it could be "
             "inferred from (panoptic_json + panoptic_root, json_file, sem_seg_root, stuff_classes + "
             f"ignore_label). Register it with e.g. MetadataCatalog.get('{dataset_name}').set("
@@ -144,18 +137,15 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
         (:mod:`knet.evaluation.coverage`).
 
     Raises:
-        KNetMetadataError: the metadata lacks the evaluator type (and it cannot be inferred), or a key an
+        DatasetMetadataError: the metadata lacks the evaluator type (and it cannot be inferred), or a key an
             evaluator needs; the message names the dataset and the key.
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     etype, missing = missing_evaluator_metadata(cfg, dataset_name)
     if missing:
-        raise KNetMetadataError(
-            f"Dataset '{dataset_name}' (evaluator_type '{etype}') lacks the metadata key(s) "
-            f"{', '.join(repr(k) for k in missing)} needed by its evaluator. Set them with "
-            f"MetadataCatalog.get('{dataset_name}').set(...); see docs/custom_datasets.md."
-        )
+        reader = f"its evaluator (evaluator_type '{etype}')"
+        raise missing_metadata_error(dataset_name, "to be evaluated", missing, reader)
     meta = MetadataCatalog.get(dataset_name)
     panoptic_on, instance_on, semantic_on = _task_flags(cfg)
     evaluators = []
@@ -183,7 +173,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     elif etype == "sem_seg":
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     if not evaluators:
-        raise KNetMetadataError(
+        raise DatasetMetadataError(
             f"No evaluator applies to dataset '{dataset_name}' (evaluator_type '{etype}'): the model's "
             f"enabled outputs are panoptic={panoptic_on}, instance={instance_on}, semantic={semantic_on} "
             "(MODEL.KNET.TEST.*_ON). Enable the output this dataset is evaluated on."

@@ -3,7 +3,7 @@
 What is exported is the network, not the post-processing (its data-dependent segment selection, variable
 output counts and Python ``segments_info`` do not export cleanly): the input is one normalised image padded
 as the PyTorch model pads it, the outputs are what the post-processing of
-:mod:`knet.modeling.postprocessing` / :mod:`knet.modeling.semantic_forward` reads.
+:mod:`knet.modeling.postprocessing` / :mod:`knet.modeling.dense_inference` reads.
 
 * panoptic / instance models: input ``image`` (1, 3, H, W) float32, H and W multiples of the model's size
   divisibility; outputs ``cls_logits`` (1, N, C) and ``mask_logits`` (1, N, H/4, W/4) of the last stage.
@@ -24,6 +24,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..modeling.meta_arch import KNet, KNetSemantic
 
 __all__ = [
     "KNetInferenceNetwork",
@@ -68,15 +70,14 @@ def import_onnxruntime():
 
 
 def knet_task(model: nn.Module) -> str:
-    """"semantic", "panoptic" (stuff kernels) or "instance" for a ``KNet`` model."""
-    head = model.kernel_head
-    if getattr(head, "is_semantic", False):
+    """"semantic" for a ``KNetSemantic`` model; "panoptic" (stuff kernels) or "instance" for a ``KNet``."""
+    if isinstance(model, KNetSemantic):
         return "semantic"
-    return "panoptic" if head.panoptic else "instance"
+    return "panoptic" if model.kernel_head.panoptic else "instance"
 
 
 class KNetInferenceNetwork(nn.Module):
-    """The exportable part of a ``KNet`` model (shares its modules; eval mode only).
+    """The exportable part of a ``KNet`` or ``KNetSemantic`` model (shares its modules; eval mode only).
 
     forward: image (B, 3, H, W) normalised (padded for panoptic/instance) ->
     panoptic/instance: (cls_logits (B, N, C), mask_logits (B, N, H/4, W/4));
@@ -85,17 +86,13 @@ class KNetInferenceNetwork(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.backbone = model.backbone
-        self.pixel_decoder = model.pixel_decoder
-        self.kernel_head = model.kernel_head
-        self.semantic = getattr(model.kernel_head, "is_semantic", False)
+        self.model = model
+        self.semantic = isinstance(model, KNetSemantic)
 
     def forward(self, image: torch.Tensor):
-        features = self.backbone(image)
         if self.semantic:
-            dec = self.pixel_decoder(features)
-            return self.kernel_head(dec["feat"], dec["init_kernels"], dec["init_logits"])
-        last = self.kernel_head(self.pixel_decoder(features))["stages"][-1]
+            return self.model.stage_logits(image)
+        last = self.model.kernel_head(self.model.pixel_decoder(self.model.backbone(image)))["stages"][-1]
         return last["pred_logits"], last["pred_masks"]
 
     @property
@@ -203,10 +200,10 @@ def export_onnx(
         the metadata written (a dict, see the module docstring).
     """
     onnx = import_onnx()
-    if type(model).__name__ != "KNet":
+    if not isinstance(model, (KNet, KNetSemantic)):
         raise TypeError(
-            f"export_onnx exports the KNet meta-architecture, got {type(model).__name__} "
-            "(MODEL.META_ARCHITECTURE must be 'KNet')"
+            f"export_onnx exports the KNet and KNetSemantic meta-architectures, got {type(model).__name__} "
+            "(MODEL.META_ARCHITECTURE must be 'KNet' or 'KNetSemantic')"
         )
     was_training = model.training
     model.eval()

@@ -5,7 +5,7 @@ MODEL.WEIGHTS ""`` (``tools/export_model.py`` writes a config that says so next 
 takes and returns what ``KNet`` does (detectron2 input dicts in, ``panoptic_seg`` / ``instances`` /
 ``sem_seg`` out), so ``demo/demo.py`` and ``train_net.py --eval-only`` work unchanged: the preprocessing
 (normalise, pad) and the post-processing (the public functions of :mod:`knet.modeling.postprocessing` and
-:func:`knet.modeling.semantic_forward.semantic_inference`) run in PyTorch on CPU, the network in
+:func:`knet.modeling.dense_inference.semantic_probabilities`) run in PyTorch on CPU, the network in
 onnxruntime.
 ``MODEL.DEVICE`` does not apply: onnxruntime's execution providers are ``MODEL.KNET.ONNX.PROVIDERS``.
 """
@@ -20,9 +20,9 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..modeling.meta_arch import knet_test_cfg, postprocess_image
-from ..modeling.semantic_forward import SemanticOptions
-from ..modeling.semantic_forward import semantic_inference as semantic_path_inference
+from ..modeling.dense_inference import semantic_probabilities
+from ..modeling.meta_arch import postprocess_image
+from ..modeling.options import PostprocessOptions, SemanticOptions
 from .onnx_export import _metadata_of_session, import_onnxruntime
 
 __all__ = ["KNetONNX", "create_session"]
@@ -85,7 +85,8 @@ class KNetONNX(nn.Module):
 
     Returns per image, at its ``height``/``width``: ``panoptic_seg``, ``instances`` and ``sem_seg`` as
     :class:`knet.modeling.meta_arch.KNet` (switched by ``MODEL.KNET.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``);
-    semantic models return ``sem_seg`` (C, H, W) probabilities.
+    semantic models return ``sem_seg`` (C, H, W) probabilities as
+    :class:`knet.modeling.meta_arch.KNetSemantic`.
     """
 
     @configurable
@@ -96,19 +97,16 @@ class KNetONNX(nn.Module):
         metadata: Dict,
         pixel_mean,
         pixel_std,
-        panoptic_on: bool = True,
-        instance_on: bool = False,
-        semantic_on: bool = False,
-        test_cfg: Dict = None,
-        semantic_options: SemanticOptions = None,
+        postprocess: PostprocessOptions,
+        semantic_options: SemanticOptions,
     ):
         """
         Args:
             session: an onnxruntime ``InferenceSession`` of a file written by ``tools/export_model.py``.
             metadata: its ``knet`` metadata (task, class counts, size divisibility).
             pixel_mean, pixel_std: per-channel normalisation (as the exported model's).
-            panoptic_on, instance_on, semantic_on, test_cfg: as for ``KNet`` (panoptic / instance models).
-            semantic_options: test mode and sliding window (semantic models).
+            postprocess: the outputs and thresholds, as for ``KNet`` (panoptic / instance models).
+            semantic_options: test mode and sliding window, as for ``KNetSemantic`` (semantic models).
         """
         super().__init__()
         self.session = session
@@ -119,12 +117,9 @@ class KNetONNX(nn.Module):
         self.register_buffer("pixel_mean", mean, False)
         self.register_buffer("pixel_std", std, False)
         self.size_divisibility = max(int(self.metadata.get("size_divisibility", 1)), 1)
-        self.panoptic_on = panoptic_on
-        self.instance_on = instance_on
-        self.semantic_on = semantic_on
-        self.test_cfg = dict(test_cfg or {})
-        self.semantic_options = semantic_options or SemanticOptions()
-        if self.task == "instance" and panoptic_on:
+        self.postprocess = postprocess
+        self.semantic_options = semantic_options
+        if self.task == "instance" and postprocess.panoptic_on:
             raise ValueError(
                 "MODEL.KNET.TEST.PANOPTIC_ON is True but the exported model is an instance model (no stuff "
                 "kernels); set MODEL.KNET.TEST.PANOPTIC_ON False"
@@ -141,16 +136,12 @@ class KNetONNX(nn.Module):
         session = create_session(o.MODEL, tuple(o.PROVIDERS), o.NUM_THREADS)
         meta = _metadata_of_session(session, o.MODEL)
         _check_metadata(meta, cfg, o.MODEL)
-        t = cfg.MODEL.KNET.TEST
         return {
             "session": session,
             "metadata": meta,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "panoptic_on": t.PANOPTIC_ON,
-            "instance_on": t.INSTANCE_ON,
-            "semantic_on": t.SEMANTIC_ON,
-            "test_cfg": knet_test_cfg(cfg),
+            "postprocess": PostprocessOptions.from_config(cfg),
             "semantic_options": SemanticOptions.from_config(cfg),
         }
 
@@ -169,7 +160,7 @@ class KNetONNX(nn.Module):
         if self.training:
             raise RuntimeError(
                 "KNetONNX runs an exported ONNX network and cannot be trained; train with "
-                "MODEL.META_ARCHITECTURE KNet"
+                "MODEL.META_ARCHITECTURE KNet (KNetSemantic for semantic models)"
             )
         mean, std = self.pixel_mean.cpu(), self.pixel_std.cpu()
         images = [(x["image"].cpu().float() - mean) / std for x in batched_inputs]
@@ -179,7 +170,7 @@ class KNetONNX(nn.Module):
                 (x.get("height", i.shape[-2]), x.get("width", i.shape[-1]))
                 for x, i in zip(batched_inputs, images)
             ]
-            return semantic_path_inference(
+            return semantic_probabilities(
                 lambda crop: self.run_network(crop)[0],
                 images,
                 sizes,
@@ -203,6 +194,5 @@ class KNetONNX(nn.Module):
         out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
         return postprocess_image(
             cls_logits, masks, image_size, out_size, stride=stride, num_proposals=meta["num_proposals"],
-            num_thing_classes=meta["num_thing_classes"], test_cfg=self.test_cfg, panoptic_on=self.panoptic_on,
-            instance_on=self.instance_on, semantic_on=self.semantic_on,
+            num_thing_classes=meta["num_thing_classes"], options=self.postprocess,
         )

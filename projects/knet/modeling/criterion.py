@@ -19,6 +19,7 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn import functional as F
 
+from .layers import resize
 from .losses import dice_loss, mask_bce_loss, rank_loss, rank_targets, sigmoid_focal_loss
 from .matcher import KNetHungarianMatcher
 
@@ -85,18 +86,12 @@ def prepare_targets(
         targets.append(
             {
                 "labels": thing_labels,
-                "masks": _resize(thing_masks, out_size),
+                "masks": resize(thing_masks, out_size),
                 "stuff_labels": stuff_labels,
-                "stuff_masks": _resize(stuff_masks, out_size),
+                "stuff_masks": resize(stuff_masks, out_size),
             }
         )
     return targets
-
-
-def _resize(masks: torch.Tensor, size) -> torch.Tensor:
-    if masks.shape[0] == 0:
-        return masks.new_zeros((0, *size))
-    return F.interpolate(masks[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
 def _reduce_mean(value: torch.Tensor) -> torch.Tensor:

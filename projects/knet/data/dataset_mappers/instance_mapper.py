@@ -5,8 +5,6 @@ The recipe of the official K-Net instance configs (ZwwWayne/K-Net
 original size and transformed exactly with the image (nearest neighbour, 8 masks per pass), which needs no
 polygon clipping library.
 """
-import copy
-import logging
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -16,13 +14,13 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from ..metadata import check_dataset_metadata
+from .base import KNetDatasetMapperBase
 from .registry import KNET_MAPPER_REGISTRY
 from .utils import (
     annotations_to_masks,
     check_class_ids,
-    check_dataset_metadata,
     image_to_tensor,
-    map_test_image,
     pad_to_size,
     transform_masks,
 )
@@ -31,7 +29,7 @@ __all__ = ["KNetInstanceDatasetMapper"]
 
 
 @KNET_MAPPER_REGISTRY.register_as("knet_instance")
-class KNetInstanceDatasetMapper:
+class KNetInstanceDatasetMapper(KNetDatasetMapperBase):
     """Map a COCO instance record (``load_coco_json``: ``annotations`` with ``segmentation``, contiguous
     ``category_id``, ``iscrowd``) to the K-Net data contract.
 
@@ -51,38 +49,20 @@ class KNetInstanceDatasetMapper:
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str = "RGB",
                  pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):
-        """
-        Args:
-            is_train: training (targets) or test mode (image only).
-            augmentations: detectron2 augmentations.
-            image_format: ``INPUT.FORMAT``.
-            pad_size: (h, w) to pad the outputs to after augmentation (None: no padding).
-            image_pad_value: image padding value (scalar or per channel).
-        """
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.pad_size = tuple(pad_size) if pad_size is not None else None
-        self.image_pad_value = image_pad_value
-        mode = "training" if is_train else "inference"
-        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations in {mode}: {augmentations}")
+        """See :class:`~.base.KNetDatasetMapperBase` for the arguments."""
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format, pad_size=pad_size,
+                         image_pad_value=image_pad_value)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         if is_train:
             names = list(cfg.DATASETS.TRAIN)
-            metas = check_dataset_metadata(names, cls.REQUIRED_METADATA, cls.MAPPER_NAME)
+            metas = check_dataset_metadata(cfg, test=False, strict=True)
             num_classes = cfg.MODEL.KNET.NUM_CLASSES if hasattr(cfg.MODEL, "KNET") else None
             check_class_ids(names, metas, "thing_dataset_id_to_contiguous_id", cls.MAPPER_NAME, num_classes)
-        return {"is_train": is_train, "image_format": cfg.INPUT.FORMAT,
-                "augmentations": utils.build_augmentation(cfg, is_train)}
+        return dict(cls.common_config(cfg, is_train), augmentations=utils.build_augmentation(cfg, is_train))
 
-    def __call__(self, dataset_dict):
-        if not self.is_train:
-            return map_test_image(dataset_dict, self.augmentations, self.image_format)
-        dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
+    def map_train(self, dataset_dict, image):
         h, w = image.shape[:2]
         annos = [a for a in dataset_dict.pop("annotations", []) if not a.get("iscrowd", 0)]
         masks = annotations_to_masks(annos, h, w, dataset_dict["file_name"])

@@ -5,26 +5,18 @@ The recipe of the official K-Net panoptic configs (ZwwWayne/K-Net
 ``configs/det/_base_/datasets/coco_panoptic.py`` and ``..._mstrain_3x``): resize the shortest edge
 (``INPUT.MIN_SIZE_TRAIN``/``MAX_SIZE_TRAIN``/``MIN_SIZE_TRAIN_SAMPLING``) and flip (``INPUT.RANDOM_FLIP``).
 """
-import copy
-import logging
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from ..metadata import check_dataset_metadata
+from .base import KNetDatasetMapperBase
 from .registry import KNET_MAPPER_REGISTRY
-from .utils import (
-    LabelAugInput,
-    check_class_ids,
-    check_dataset_metadata,
-    image_to_tensor,
-    map_test_image,
-    pad_to_size,
-)
+from .utils import LabelAugInput, check_class_ids, image_to_tensor, pad_to_size
 
 __all__ = ["KNetPanopticDatasetMapper", "panoptic_targets"]
 
@@ -54,7 +46,7 @@ def panoptic_targets(
 
 
 @KNET_MAPPER_REGISTRY.register_as("knet_panoptic")
-class KNetPanopticDatasetMapper:
+class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
     """Map a COCO panoptic record (``load_coco_panoptic_json``: ``pan_seg_file_name``, ``segments_info`` with
     contiguous ``category_id``, ``iscrowd``) to the K-Net data contract.
 
@@ -81,26 +73,18 @@ class KNetPanopticDatasetMapper:
                  ignore_label: int = 255, pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):
         """
         Args:
-            is_train: training (targets) or test mode (image only).
-            augmentations: detectron2 augmentations applied to the image and the segment map.
-            image_format: ``INPUT.FORMAT``.
             ignore_label: semantic value of void and crowd pixels.
-            pad_size: (h, w) to pad the outputs to after augmentation (None: no padding).
-            image_pad_value: image padding value (scalar or per channel).
+            The others: see :class:`~.base.KNetDatasetMapperBase` (the augmentations apply to the image and
+            the segment map).
         """
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
         self.ignore_label = ignore_label
-        self.pad_size = tuple(pad_size) if pad_size is not None else None
-        self.image_pad_value = image_pad_value
-        mode = "training" if is_train else "inference"
-        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations in {mode}: {augmentations}")
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format, pad_size=pad_size,
+                         image_pad_value=image_pad_value)
 
     @classmethod
     def _check_train_metadata(cls, cfg):
         names = list(cfg.DATASETS.TRAIN)
-        metas = check_dataset_metadata(names, cls.REQUIRED_METADATA, cls.MAPPER_NAME)
+        metas = check_dataset_metadata(cfg, test=False, strict=True)
         num_classes = cfg.MODEL.KNET.NUM_CLASSES if hasattr(cfg.MODEL, "KNET") else None
         check_class_ids(names, metas, "thing_dataset_id_to_contiguous_id", cls.MAPPER_NAME, num_classes,
                         things_first=True)
@@ -119,8 +103,7 @@ class KNetPanopticDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        ret = {"is_train": is_train, "image_format": cfg.INPUT.FORMAT,
-               "augmentations": utils.build_augmentation(cfg, is_train)}
+        ret = dict(cls.common_config(cfg, is_train), augmentations=utils.build_augmentation(cfg, is_train))
         if is_train:
             metas = cls._check_train_metadata(cfg)
             ret["ignore_label"] = metas[0].ignore_label
@@ -153,12 +136,7 @@ class KNetPanopticDatasetMapper:
             index = index.astype(np.uint8)
         return index, classes, crowd
 
-    def __call__(self, dataset_dict):
-        if not self.is_train:
-            return map_test_image(dataset_dict, self.augmentations, self.image_format)
-        dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
+    def map_train(self, dataset_dict, image):
         if "pan_seg_file_name" not in dataset_dict or "segments_info" not in dataset_dict:
             raise ValueError(
                 f"Record of {dataset_dict['file_name']} has no 'pan_seg_file_name'/'segments_info': "

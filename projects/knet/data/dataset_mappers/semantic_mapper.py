@@ -9,11 +9,9 @@ No padding here: mmsegmentation pads *after* normalisation, the image with 0 and
 the crop size (1.x: ``SegDataPreProcessor(size=crop_size, pad_val=0, seg_pad_val=255)`` of the model;
 0.x: ``Normalize`` then ``Pad(size=crop_size, pad_val=0, seg_pad_val=255)`` in the pipeline). A uint8 image
 cannot hold the padding value ``-mean / std``, so the model pads the normalised batch exactly like that
-(:func:`knet.modeling.semantic_forward.normalize_and_pad`, to ``INPUT.SEMANTIC.CROP_SIZE``), the detectron2
-way (``ImageList.from_tensors`` also pads normalised tensors with 0).
+(:func:`knet.modeling.meta_arch.normalize_and_pad`, to ``INPUT.SEMANTIC.CROP_SIZE``), the
+detectron2 way (``ImageList.from_tensors`` also pads normalised tensors with 0).
 """
-import copy
-import logging
 from typing import List, Optional
 
 import numpy as np
@@ -22,15 +20,11 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..metadata import check_dataset_metadata
 from .augmentations import PhotometricDistortion, RatioRangeResize
+from .base import KNetDatasetMapperBase
 from .registry import KNET_MAPPER_REGISTRY
-from .utils import (
-    LabelAugInput,
-    check_dataset_metadata,
-    image_to_tensor,
-    map_test_image,
-    read_label_map,
-)
+from .utils import LabelAugInput, image_to_tensor, read_label_map
 
 __all__ = ["KNetSemanticDatasetMapper", "build_semantic_augmentation"]
 
@@ -56,7 +50,7 @@ def build_semantic_augmentation(cfg, is_train: bool, ignore_label: int = 255) ->
 
 
 @KNET_MAPPER_REGISTRY.register_as("knet_semantic")
-class KNetSemanticDatasetMapper:
+class KNetSemanticDatasetMapper(KNetDatasetMapperBase):
     """Map a semantic record (``file_name``, ``sem_seg_file_name``: a label PNG of contiguous ids, ignore
     value ``ignore_label``) to ``image`` (uint8 (3, H, W)) + ``sem_seg`` (int64 (H, W), same size).
 
@@ -73,27 +67,22 @@ class KNetSemanticDatasetMapper:
                  ignore_label: int = 255, num_classes: Optional[int] = None):
         """
         Args:
-            is_train: training (targets) or test mode (image only).
-            augmentations: detectron2 augmentations applied to image and labels.
-            image_format: ``INPUT.FORMAT``.
             ignore_label: the label value to ignore (also the model's label padding).
             num_classes: if given, labels other than ``0..num_classes-1`` and ``ignore_label`` are an error.
+            The others: see :class:`~.base.KNetDatasetMapperBase` (the augmentations apply to image and
+            labels; no padding).
         """
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
         self.ignore_label = ignore_label
         self.num_classes = num_classes
-        mode = "training" if is_train else "inference"
-        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations in {mode}: {augmentations}")
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        ret = {"is_train": is_train, "image_format": cfg.INPUT.FORMAT}
+        ret = cls.common_config(cfg, is_train)
         ignore_label = 255
         if is_train:
             names = list(cfg.DATASETS.TRAIN)
-            metas = check_dataset_metadata(names, cls.REQUIRED_METADATA, cls.MAPPER_NAME)
+            metas = check_dataset_metadata(cfg, test=False, strict=True)
             labels = {n: m.ignore_label for n, m in zip(names, metas)}
             if len(set(labels.values())) > 1:
                 raise ValueError(f"The training datasets disagree on ignore_label: {labels}")
@@ -106,12 +95,7 @@ class KNetSemanticDatasetMapper:
         ret["augmentations"] = build_semantic_augmentation(cfg, is_train, ignore_label)
         return ret
 
-    def __call__(self, dataset_dict):
-        if not self.is_train:
-            return map_test_image(dataset_dict, self.augmentations, self.image_format)
-        dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
+    def map_train(self, dataset_dict, image):
         if "sem_seg_file_name" not in dataset_dict:
             raise ValueError(f"Record of {dataset_dict['file_name']} has no 'sem_seg_file_name': the "
                              f"{self.MAPPER_NAME!r} mapper needs semantic label files.")

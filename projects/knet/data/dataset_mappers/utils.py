@@ -1,18 +1,18 @@
 """Helpers shared by the K-Net mappers: metadata checks, exact label/mask transforms, reading, padding."""
 import copy
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
+from ..metadata import DatasetMetadataError
+
 __all__ = [
     "DatasetMetadataError",
-    "check_dataset_metadata",
     "check_class_ids",
     "LabelAugInput",
     "apply_label_transform",
@@ -23,36 +23,6 @@ __all__ = [
     "image_to_tensor",
     "map_test_image",
 ]
-
-
-class DatasetMetadataError(ValueError):
-    """A dataset's metadata lacks (or has inconsistent) information a mapper needs."""
-
-
-def check_dataset_metadata(dataset_names: Iterable[str], required: Sequence[str], mapper_name: str) -> List:
-    """Check that every dataset is registered and has the metadata keys ``required``; return their metadata.
-
-    Raises:
-        DatasetMetadataError: naming the dataset, the missing key(s) and the mapper that needs them.
-    """
-    registered = set(DatasetCatalog.list())
-    metas = []
-    for name in dataset_names:
-        if name not in registered:
-            raise DatasetMetadataError(
-                f"Dataset {name!r} (cfg.DATASETS.TRAIN) is not registered in DatasetCatalog; register it "
-                f"before "
-                f"building the {mapper_name!r} mapper (see docs/custom_datasets.md)."
-            )
-        meta = MetadataCatalog.get(name)
-        missing = [k for k in required if not hasattr(meta, k)]
-        if missing:
-            raise DatasetMetadataError(
-                f"Dataset {name!r} lacks the metadata key(s) {missing} needed by the {mapper_name!r} mapper; "
-                f"add them with MetadataCatalog.get({name!r}).set(...) (see docs/custom_datasets.md)."
-            )
-        metas.append(meta)
-    return metas
 
 
 def check_class_ids(dataset_names: Sequence[str], metas: Sequence, key: str, mapper_name: str,

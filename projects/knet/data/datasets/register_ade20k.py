@@ -14,12 +14,15 @@ metadata (so a wrong registration fails early with a readable message); if the n
 build without its builtin datasets) it registers them itself. The label conversion (mmseg
 ``reduce_zero_label=True``: 0 -> 255 ignore, class k -> k - 1) is :func:`convert_ade20k_label`.
 """
+import functools
 import os
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
+
+from .catalog import register_dataset
 
 __all__ = [
     "ADE20K_SEM_SEG_SPLITS",
@@ -86,14 +89,14 @@ def register_all_ade20k_sem_seg(root: str) -> None:
         if name not in DatasetCatalog.list():
             image_dir = os.path.join(base, image_rel)
             gt_dir = os.path.join(base, gt_rel)
-            DatasetCatalog.register(name, lambda x=image_dir, y=gt_dir: _load_ade20k(y, x))
-            MetadataCatalog.get(name).set(
+            metadata = dict(
                 stuff_classes=ADE20K_SEM_SEG_CATEGORIES[:],
                 image_root=image_dir,
                 sem_seg_root=gt_dir,
                 evaluator_type="sem_seg",
                 ignore_label=ADE20K_IGNORE_LABEL,
             )
+            register_dataset(name, functools.partial(_load_ade20k, gt_dir, image_dir), metadata)
         check_ade20k_metadata(name)
 
 

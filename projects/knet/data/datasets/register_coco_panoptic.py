@@ -34,16 +34,18 @@ PQ, plus mask AP from ``json_file`` when ``MODEL.KNET.TEST.INSTANCE_ON`` (mIoU i
 
 Instance segmentation needs no registration here: detectron2 v0.6's builtin ``coco_2017_{train,val}`` already
 carry 80 ``thing_classes``, the 80-entry ``thing_dataset_id_to_contiguous_id``, ``json_file`` and
-``evaluator_type`` "coco" (checked in ``tests/test_coco_registration.py``).
+``evaluator_type`` "coco" (checked in ``tests/data/test_coco_registration.py``).
 
 Registration touches no disk; a missing file is reported when the dataset is first loaded.
 """
+import functools
 import os
 from typing import Dict, List, Optional
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
+
+from .catalog import check_name_prefix, register_dataset
 
 __all__ = [
     "KNET_COCO_PANOPTIC_SPLITS",
@@ -111,8 +113,7 @@ def register_knet_coco_panoptic(root: Optional[str] = None, prefix: str = _PREFI
     Registering a name again replaces it (e.g. tests point a prefix of their own at a temporary tree).
     Touches no disk.
     """
-    if not prefix.startswith("knet_"):
-        raise ValueError(f"Registered dataset names must start with 'knet_', got prefix {prefix!r}")
+    check_name_prefix(prefix)
     if root is None:
         root = os.getenv("DETECTRON2_DATASETS", "datasets")
     root = os.path.abspath(os.path.expanduser(root))
@@ -120,25 +121,11 @@ def register_knet_coco_panoptic(root: Optional[str] = None, prefix: str = _PREFI
     names = []
     for split, rels in KNET_COCO_PANOPTIC_SPLITS.items():
         image_root, panoptic_root, panoptic_json, instances_json = (os.path.join(root, r) for r in rels)
-        name = f"{prefix}_{split}_panoptic"
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        DatasetCatalog.register(
-            name,
-            lambda j=panoptic_json, i=image_root, p=panoptic_root: load_knet_coco_panoptic(j, i, p, base),
-        )
-        MetadataCatalog.get(name).set(
-            **base,
-            image_root=image_root,
-            panoptic_root=panoptic_root,
-            panoptic_json=panoptic_json,
-            json_file=instances_json,
-            evaluator_type="coco_panoptic_seg",
-            ignore_label=COCO_IGNORE_LABEL,
-            label_divisor=1000,
-        )
-        names.append(name)
+        loader = functools.partial(load_knet_coco_panoptic, panoptic_json, image_root, panoptic_root, base)
+        metadata = dict(base, image_root=image_root, panoptic_root=panoptic_root, panoptic_json=panoptic_json,
+                        json_file=instances_json, evaluator_type="coco_panoptic_seg",
+                        ignore_label=COCO_IGNORE_LABEL, label_divisor=1000)
+        names.append(register_dataset(f"{prefix}_{split}_panoptic", loader, metadata))
     return names
 
 

@@ -28,13 +28,14 @@ Metadata follows detectron2's "coco_panoptic_standard" convention, so that ``Vis
     ``SemSegEvaluator`` (mIoU).
 """
 
+import functools
 import os
 from typing import Optional
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json, load_sem_seg
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
+from .catalog import check_name_prefix, register_dataset
 from .synthetic import (
     IGNORE_LABEL,
     SPLITS,
@@ -56,9 +57,8 @@ __all__ = [
 ]
 
 _PREFIX = "knet_synthetic"
-SYNTHETIC_DATASET_NAMES = [
-    f"{_PREFIX}_{task}_{split}" for task in ("panoptic", "instance", "sem_seg") for split in SPLITS
-]
+_TASKS = ("panoptic", "instance", "sem_seg")
+SYNTHETIC_DATASET_NAMES = [f"{_PREFIX}_{task}_{split}" for task in _TASKS for split in SPLITS]
 
 
 def get_synthetic_metadata() -> dict:
@@ -74,7 +74,7 @@ def get_synthetic_metadata() -> dict:
     }
 
 
-def _load_panoptic(root: str, split: str, meta: dict):
+def _load_panoptic(root: str, split: str, name: str, meta: dict):
     ensure_synthetic_dataset(root)
     p = synthetic_paths(root, split)
     records = load_coco_panoptic_json(p["panoptic_json"], p["image_root"], p["panoptic_root"], meta)
@@ -84,87 +84,72 @@ def _load_panoptic(root: str, split: str, meta: dict):
     return records
 
 
-def _load_instance(root: str, split: str, name: str):
+def _load_instance(root: str, split: str, name: str, meta: dict):
     ensure_synthetic_dataset(root)
     p = synthetic_paths(root, split)
     return load_coco_json(p["instances_json"], p["image_root"], name)
 
 
-def _load_sem_seg(root: str, split: str):
+def _load_sem_seg(root: str, split: str, name: str, meta: dict):
     ensure_synthetic_dataset(root)
     p = synthetic_paths(root, split)
     return load_sem_seg(p["sem_seg_root"], p["image_root"], gt_ext="png", image_ext="jpg")
 
 
-def _register(name: str, loader, metadata: dict):
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(**metadata)
+# task -> loader(root, split, dataset name, metadata): one signature, each uses what its format needs
+_LOADERS = {"panoptic": _load_panoptic, "instance": _load_instance, "sem_seg": _load_sem_seg}
+
+
+def _task_metadata(base: dict, root: str, split: str) -> dict:
+    """task -> the metadata of ``{prefix}_{task}_{split}``: the panoptic names carry everything (so one
+    evaluation can add mask AP and mIoU), the instance names the thing keys, the semantic names the stuff
+    keys."""
+    p = synthetic_paths(root, split)
+    common = dict(image_root=p["image_root"], dataset_root=root)
+    return {
+        "panoptic": dict(
+            base,
+            **common,
+            panoptic_root=p["panoptic_root"],
+            panoptic_json=p["panoptic_json"],
+            json_file=p["instances_json"],
+            sem_seg_root=p["sem_seg_root"],
+            evaluator_type="coco_panoptic_seg",
+            ignore_label=IGNORE_LABEL,
+            label_divisor=1000,
+        ),
+        "instance": dict(
+            {k: v for k, v in base.items() if k.startswith("thing_")},
+            **common,
+            json_file=p["instances_json"],
+            evaluator_type="coco",
+        ),
+        "sem_seg": dict(
+            {k: v for k, v in base.items() if k.startswith("stuff_")},
+            **common,
+            sem_seg_root=p["sem_seg_root"],
+            evaluator_type="sem_seg",
+            ignore_label=IGNORE_LABEL,
+        ),
+    }
 
 
 def register_knet_synthetic(root: Optional[str] = None, prefix: str = _PREFIX) -> list:
     """Register ``{prefix}_{panoptic,instance,sem_seg}_{train,val}`` rooted at ``root``; return the names.
 
-    ``root`` is the dataset folder itself (default ``$DETECTRON2_DATASETS/knet_synthetic``).
-    Registering a name
-    again replaces it (useful to point the names at another folder, e.g. in tests). Touches no disk.
+    ``root`` is the dataset folder itself (default ``$DETECTRON2_DATASETS/knet_synthetic``). Registering a
+    name again replaces it (useful to point the names at another folder, e.g. in tests). Touches no disk.
     """
-    if not prefix.startswith("knet_"):
-        raise ValueError(f"Registered dataset names must start with 'knet_', got prefix {prefix!r}")
+    check_name_prefix(prefix)
     root = os.path.abspath(root if root is not None else default_synthetic_root())
     base = get_synthetic_metadata()
     names = []
     for split in SPLITS:
-        p = synthetic_paths(root, split)
-        common = dict(image_root=p["image_root"], dataset_root=root)
-
-        name = f"{prefix}_panoptic_{split}"
-        _register(
-            name,
-            (lambda root=root, split=split, meta=base: _load_panoptic(root, split, meta)),
-            dict(
-                base,
-                **common,
-                panoptic_root=p["panoptic_root"],
-                panoptic_json=p["panoptic_json"],
-                json_file=p["instances_json"],
-                sem_seg_root=p["sem_seg_root"],
-                evaluator_type="coco_panoptic_seg",
-                ignore_label=IGNORE_LABEL,
-                label_divisor=1000,
-            ),
-        )
-        names.append(name)
-
-        name = f"{prefix}_instance_{split}"
-        thing_meta = {
-            k: base[k] for k in ("thing_classes", "thing_colors", "thing_dataset_id_to_contiguous_id")
-        }
-        _register(
-            name,
-            (lambda root=root, split=split, name=name: _load_instance(root, split, name)),
-            dict(thing_meta, **common, json_file=p["instances_json"], evaluator_type="coco"),
-        )
-        names.append(name)
-
-        name = f"{prefix}_sem_seg_{split}"
-        stuff_meta = {
-            k: base[k] for k in ("stuff_classes", "stuff_colors", "stuff_dataset_id_to_contiguous_id")
-        }
-        _register(
-            name,
-            (lambda root=root, split=split: _load_sem_seg(root, split)),
-            dict(
-                stuff_meta,
-                **common,
-                sem_seg_root=p["sem_seg_root"],
-                evaluator_type="sem_seg",
-                ignore_label=IGNORE_LABEL,
-            ),
-        )
-        names.append(name)
+        metadata = _task_metadata(base, root, split)
+        for task in _TASKS:
+            name = f"{prefix}_{task}_{split}"
+            loader = functools.partial(_LOADERS[task], root, split, name, base)
+            names.append(register_dataset(name, loader, metadata[task]))
     return names
 
 

@@ -10,9 +10,10 @@ deform_groups=1, fallback_on_stride=False)``, ``stage_with_dcn=(False, True, Tru
 and dilation. mmcv's ``DCNv2`` (modulated, Zhu et al., "Deformable ConvNets v2", CVPR 2019) is not used by
 K-Net; it is supported here too (``MODEL.RESNETS.DEFORM_MODULATED``) for detectron2 configs that ask for it.
 
-Semantics, checked against a direct bilinear-sampling computation in ``tests/test_deform_conv.py``: output
-position ``p`` of kernel tap ``k = i * kw + j`` samples the input at ``p * stride - padding + (i, j) *
-dilation + (offset[2k], offset[2k + 1])`` (row, column; per offset group a block of ``2 * kh * kw`` channels),
+Semantics, checked against a direct bilinear-sampling computation in
+``tests/modeling/test_deform_conv.py``: output position ``p`` of kernel tap ``k = i * kw + j`` samples the
+input at ``p * stride - padding + (i, j) * dilation + (offset[2k], offset[2k + 1])`` (row, column; per offset
+group a block of ``2 * kh * kw`` channels),
 bilinearly, with zeros outside the image; the modulated variant multiplies each sample by ``mask[k]``. This is
 the layout of mmcv's kernel (``mmcv/ops/csrc/common/cuda/deform_conv_cuda_kernel.cuh``,
 ``deformable_im2col_gpu_kernel``), of detectron2's

@@ -14,7 +14,34 @@ from torch.nn import functional as F
 
 from .kernel_updator import KernelUpdator
 
-__all__ = ["KernelUpdateHead", "KernelFFN", "assemble_group_features"]
+__all__ = [
+    "KernelUpdateHead",
+    "KernelFFN",
+    "assemble_group_features",
+    "build_update_stages",
+    "update_head_args",
+]
+
+
+def build_update_stages(num_stages: int, **update_args) -> nn.ModuleList:
+    """``num_stages`` :class:`KernelUpdateHead` stages, each with its own weights (3 in every released
+    config), built with ``update_args``."""
+    if num_stages < 1:
+        raise ValueError(f"MODEL.KNET.NUM_STAGES must be >= 1, got {num_stages}")
+    return nn.ModuleList([KernelUpdateHead(**update_args) for _ in range(num_stages)])
+
+
+def update_head_args(cfg) -> dict:
+    """The :class:`KernelUpdateHead` arguments both kernel heads read from ``MODEL.KNET`` (``NUM_HEADS``,
+    ``FFN_DIM``, ``NUM_MASK_FCS``, ``DROPOUT``, ``UPDATOR_DIM``)."""
+    k = cfg.MODEL.KNET
+    return {
+        "num_heads": k.NUM_HEADS,
+        "feedforward_channels": k.FFN_DIM,
+        "num_mask_fcs": k.NUM_MASK_FCS,
+        "dropout": k.DROPOUT,
+        "updator_channels": k.UPDATOR_DIM,
+    }
 
 
 def assemble_group_features(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

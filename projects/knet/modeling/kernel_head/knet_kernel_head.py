@@ -4,7 +4,7 @@ Zhang et al., "K-Net", NeurIPS 2021, §3.1-3.3. Reference code: ``ZwwWayne/K-Net
 (``ConvKernelHead``, the initial kernels and masks; "rpn_head" in the official checkpoints) and
 ``knet/det/kernel_iter_head.py`` (``KernelIterHead``, the update stages; "roi_head"). The localization FPN
 that the reference nests inside ``ConvKernelHead`` is the separate pixel decoder here
-(:class:`knet.modeling.pixel_decoder.semantic_fpn.KNetSemanticFPN`). Official file:
+(:class:`knet.modeling.pixel_decoder.localization_fpn.KNetLocalizationFPN`). Official file:
 ``knet/det/kernel_head.py`` (``ConvKernelHead``).
 """
 
@@ -13,24 +13,19 @@ from typing import Dict
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, get_norm
 from torch import nn
 from torch.nn import functional as F
 
+from ..layers import conv_norm_relu
 from ..registry import KNET_KERNEL_HEAD_REGISTRY
-from .kernel_update_head import KernelUpdateHead, assemble_group_features
+from .kernel_update_head import assemble_group_features, build_update_stages, update_head_args
 
 __all__ = ["KNetKernelHead"]
 
 
 def _conv1x1_stack(num_convs, channels, norm):
     """``num_convs`` x (1x1 conv without bias, norm, ReLU); leaf names ``{i}.weight``, ``{i}.norm.*``."""
-    return nn.ModuleList(
-        [
-            Conv2d(channels, channels, 1, bias=not norm, norm=get_norm(norm, channels), activation=F.relu)
-            for _ in range(num_convs)
-        ]
-    )
+    return nn.ModuleList([conv_norm_relu(channels, channels, 1, norm) for _ in range(num_convs)])
 
 
 @KNET_KERNEL_HEAD_REGISTRY.register()
@@ -54,29 +49,21 @@ class KNetKernelHead(nn.Module):
     Thing kernels come first (``0..num_proposals-1``), then the stuff kernels in class order.
     """
 
-    is_semantic = False  # the meta-architecture dispatches semantic kernel heads elsewhere
-
     @configurable
     def __init__(
         self,
         *,
-        in_channels=256,
-        num_proposals=100,
-        num_classes=133,
-        num_thing_classes=80,
-        num_stages=3,
-        num_loc_convs=1,
-        num_seg_convs=1,
-        norm="GN",
-        conv_kernel_size=1,
-        mask_upsample_stride=2,
-        num_heads=8,
-        feedforward_channels=2048,
-        num_cls_fcs=1,
-        num_mask_fcs=1,
-        dropout=0.0,
-        hard_mask_threshold=0.5,
-        updator_channels=None,
+        in_channels: int,
+        num_proposals: int,
+        num_classes: int,
+        num_thing_classes: int,
+        num_stages: int,
+        num_loc_convs: int,
+        num_seg_convs: int,
+        norm: str,
+        conv_kernel_size: int,
+        mask_upsample_stride: int,
+        **update_args,
     ):
         """
         Args:
@@ -90,7 +77,9 @@ class KNetKernelHead(nn.Module):
             norm (str): norm of those convs ("GN" = GroupNorm(32)).
             conv_kernel_size (int): K of the kernels (1).
             mask_upsample_stride (int): upsampling factor of the stage masks for losses and output (2).
-            Remaining arguments: see :class:`KernelUpdateHead`.
+            update_args: the other :class:`KernelUpdateHead` arguments (``num_heads``,
+                ``feedforward_channels``, ``num_cls_fcs``, ``num_mask_fcs``, ``dropout``,
+                ``hard_mask_threshold``, ``updator_channels``).
         """
         super().__init__()
         if not 0 < num_thing_classes <= num_classes:
@@ -112,24 +101,14 @@ class KNetKernelHead(nn.Module):
             in_channels, num_proposals, conv_kernel_size, padding=conv_kernel_size // 2, bias=False
         )
         self.conv_seg = nn.Conv2d(in_channels, num_classes, 1)
-        self.update_heads = nn.ModuleList(
-            [
-                KernelUpdateHead(
-                    in_channels=in_channels,
-                    num_classes=num_classes,
-                    num_heads=num_heads,
-                    feedforward_channels=feedforward_channels,
-                    num_cls_fcs=num_cls_fcs,
-                    num_mask_fcs=num_mask_fcs,
-                    dropout=dropout,
-                    conv_kernel_size=conv_kernel_size,
-                    mask_mode="hard",
-                    hard_mask_threshold=hard_mask_threshold,
-                    updator_channels=updator_channels,
-                    xavier_init=True,  # official KernelIterHead.init_weights -> KernelUpdateHead.init_weights
-                )
-                for _ in range(num_stages)
-            ]
+        self.update_heads = build_update_stages(
+            num_stages,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            conv_kernel_size=conv_kernel_size,
+            mask_mode="hard",
+            xavier_init=True,  # official KernelIterHead.init_weights -> KernelUpdateHead.init_weights
+            **update_args,
         )
         self.reset_parameters()
 
@@ -163,13 +142,9 @@ class KNetKernelHead(nn.Module):
             "norm": k.KERNEL_HEAD.NORM,
             "conv_kernel_size": k.CONV_KERNEL_SIZE,
             "mask_upsample_stride": k.MASK_UPSAMPLE_STRIDE,
-            "num_heads": k.NUM_HEADS,
-            "feedforward_channels": k.FFN_DIM,
             "num_cls_fcs": k.NUM_CLS_FCS,
-            "num_mask_fcs": k.NUM_MASK_FCS,
-            "dropout": k.DROPOUT,
             "hard_mask_threshold": k.HARD_MASK_THRESHOLD,
-            "updator_channels": k.UPDATOR_DIM,
+            **update_head_args(cfg),
         }
 
     @property

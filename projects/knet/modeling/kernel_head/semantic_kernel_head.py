@@ -7,73 +7,47 @@ every image) and the initial logits its ``conv_seg`` output; each stage assemble
 *softmax over classes* of the previous logits, updates the kernels (the 256-wide updator runs on the channel
 halves of a 512-wide head) and predicts new logits. There is no classifier and no matching: kernel n is class
 n.
-
-The head also carries the semantic options the meta-architecture's semantic path needs (losses, test mode),
-read from the config, in :attr:`semantic_options` (see :mod:`knet.modeling.semantic_forward`).
 """
-from typing import List, Optional, Union
+from typing import List, Union
 
 import torch
 from detectron2.config import configurable
 from torch import nn
 
-from ..registry import KNET_KERNEL_HEAD_REGISTRY
-from ..semantic_forward import SemanticOptions
-from .kernel_update_head import KernelUpdateHead
+from ..registry import KNET_SEMANTIC_KERNEL_HEAD_REGISTRY
+from .kernel_update_head import build_update_stages, update_head_args
 
 __all__ = ["KNetSemanticKernelHead"]
 
 
-@KNET_KERNEL_HEAD_REGISTRY.register()
+@KNET_SEMANTIC_KERNEL_HEAD_REGISTRY.register()
 class KNetSemanticKernelHead(nn.Module):
     """Three semantic kernel update stages (state-dict ``kernel_head.update_heads.{s}.*``)."""
 
-    is_semantic = True
-
     @configurable
     def __init__(
-        self,
-        *,
-        in_channels: int = 512,
-        num_stages: int = 3,
-        updator_channels: int = 256,
-        num_heads: int = 8,
-        feedforward_channels: int = 2048,
-        num_mask_fcs: int = 1,
-        dropout: float = 0.0,
-        conv_kernel_size: int = 1,
-        semantic_options: Optional[SemanticOptions] = None,
+        self, *, in_channels: int = 512, num_stages: int = 3, updator_channels: int = 256, **update_args
     ):
         """
         Args:
             in_channels: width C of the generating head's feature (512, or 256 for the official-code UPerNet).
             num_stages: update stages (3 in every released config).
             updator_channels: width of the :class:`KernelUpdator` (256 even in 512-wide heads, as in mmseg).
-            semantic_options: loss / inference options used by :mod:`knet.modeling.semantic_forward`.
+            update_args: the other :class:`KernelUpdateHead` arguments (``num_heads``,
+                ``feedforward_channels``, ``num_mask_fcs``, ``dropout``, ``conv_kernel_size``).
         """
         super().__init__()
-        if num_stages < 1:
-            raise ValueError(f"MODEL.KNET.NUM_STAGES must be >= 1, got {num_stages}")
         self.in_channels = in_channels
         self.num_stages = num_stages
-        self.update_heads = nn.ModuleList(
-            [
-                KernelUpdateHead(
-                    in_channels=in_channels,
-                    num_classes=0,
-                    num_heads=num_heads,
-                    feedforward_channels=feedforward_channels,
-                    num_mask_fcs=num_mask_fcs,
-                    dropout=dropout,
-                    conv_kernel_size=conv_kernel_size,
-                    mask_mode="soft",
-                    updator_channels=updator_channels,
-                    xavier_init=False,  # mmseg never calls KernelUpdateHead.init_weights (ModuleList)
-                )
-                for _ in range(num_stages)
-            ]
+        self.update_heads = build_update_stages(
+            num_stages,
+            in_channels=in_channels,
+            num_classes=0,
+            mask_mode="soft",
+            updator_channels=updator_channels,
+            xavier_init=False,  # mmseg never calls KernelUpdateHead.init_weights (ModuleList)
+            **update_args,
         )
-        self.semantic_options = semantic_options if semantic_options is not None else SemanticOptions()
 
     @classmethod
     def from_config(cls, cfg):
@@ -87,12 +61,7 @@ class KNetSemanticKernelHead(nn.Module):
         return dict(
             in_channels=k.HIDDEN_DIM,
             num_stages=k.NUM_STAGES,
-            updator_channels=k.UPDATOR_DIM,
-            num_heads=k.NUM_HEADS,
-            feedforward_channels=k.FFN_DIM,
-            num_mask_fcs=k.NUM_MASK_FCS,
-            dropout=k.DROPOUT,
-            semantic_options=SemanticOptions.from_config(cfg),
+            **update_head_args(cfg),
         )
 
     def forward(

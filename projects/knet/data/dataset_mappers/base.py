@@ -1,0 +1,60 @@
+"""What every K-Net mapper shares: its attributes, the arguments it reads from the config, the test-time path
+and the first training steps (copy the record, read and check the image)."""
+import copy
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .utils import map_test_image
+
+__all__ = ["KNetDatasetMapperBase"]
+
+
+class KNetDatasetMapperBase:
+    """Base of the registered K-Net mappers (each keeps its own ``@configurable __init__`` and
+    ``from_config``).
+
+    Subclasses call ``super().__init__(...)`` from their ``__init__`` and implement :meth:`map_train`; calling
+    the mapper runs :func:`~.utils.map_test_image` at test time, else copies the record, reads the image in
+    ``image_format``, checks its size against the record and hands both to :meth:`map_train`.
+    """
+
+    def __init__(self, is_train: bool, *, augmentations: List, image_format: str,
+                 pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):
+        """
+        Args:
+            is_train: training (targets) or test mode (image only).
+            augmentations: detectron2 augmentations (applied to the image and its targets).
+            image_format: ``INPUT.FORMAT``.
+            pad_size: (h, w) to pad the training outputs to after augmentation (None: no padding).
+            image_pad_value: image padding value (scalar or per channel).
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.pad_size = tuple(pad_size) if pad_size is not None else None
+        self.image_pad_value = image_pad_value
+        mode = "training" if is_train else "inference"
+        logging.getLogger(type(self).__module__).info(
+            f"[{type(self).__name__}] augmentations in {mode}: {augmentations}"
+        )
+
+    @staticmethod
+    def common_config(cfg, is_train: bool) -> Dict:
+        """The ``from_config`` arguments every mapper reads the same way (``INPUT.FORMAT``)."""
+        return {"is_train": is_train, "image_format": cfg.INPUT.FORMAT}
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        if not self.is_train:
+            return map_test_image(dataset_dict, self.augmentations, self.image_format)
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        return self.map_train(dataset_dict, image)
+
+    def map_train(self, dataset_dict: Dict, image: np.ndarray) -> Dict:
+        """Training targets of one record (a private copy) whose image (H, W, C) uint8 is already read."""
+        raise NotImplementedError

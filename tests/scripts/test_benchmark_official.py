@@ -1,0 +1,81 @@
+"""The pure parts of tools/benchmark_official.py (the official-vs-ours latency run itself needs
+.venv-parity-mmdet and minutes of CPU: it is a tool, not a test)."""
+import numpy as np
+import pytest
+
+from support.scripts import load_script
+
+OFFSET = 1000  # mmdet's INSTANCE_OFFSET
+VOID = 133
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("tools/benchmark_official.py")
+
+
+def test_official_encoding_maps_ids_to_rank_and_category(bench):
+    seg = np.array([[0, 1, 1], [2, 2, 3]], dtype=np.int32)
+    info = [{"id": 1, "category_id": 85}, {"id": 2, "category_id": 3}, {"id": 3, "category_id": 3}]
+    out = bench.official_encoding(seg, info, VOID, OFFSET)
+    expected = np.array([[VOID, 85, 85], [3 + OFFSET, 3 + OFFSET, 3 + 2 * OFFSET]])
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_compare_panoptic_counts_differences(bench):
+    official = np.array([[VOID, 85], [3 + OFFSET, 3 + OFFSET]])
+    same = bench.compare_panoptic(official.copy(), official, OFFSET)
+    assert same["equal"] and same["pixels_differing"] == 0 and same["segments_official"] == 3
+    ours = official.copy()
+    ours[0, 0] = 85  # other category
+    ours[1, 1] = 3 + 2 * OFFSET  # same category, other segment
+    diff = bench.compare_panoptic(ours, official, OFFSET)
+    assert not diff["equal"]
+    assert diff["pixels_differing"] == 2 and diff["pixels_with_other_category"] == 1
+    wrong_shape = bench.compare_panoptic(ours[:1], official, OFFSET)
+    assert wrong_shape["equal"] is False and wrong_shape["shape_ours"] == [1, 2]
+
+
+def test_summarise_segments(bench):
+    official = np.array([[VOID, 85], [3 + OFFSET, 7]])
+    assert bench.summarise_segments(official, VOID, OFFSET, 80) == {
+        "segments": 3, "thing_segments": 2, "stuff_segments": 1, "void_pixels": 1}
+
+
+def test_summarise_times_ratios_and_pipeline(bench):
+    samples = {
+        "official": [(4.0, 8.0, 0.1), (6.0, 10.0, 0.3), (5.0, 9.0, 0.2)],
+        "ours": [(2.0, 4.0, None), (3.0, 5.0, None), (2.0, 4.5, None)],
+        "ours-ort": [],
+    }
+    t = bench.summarise_times(samples)
+    assert "ours-ort" not in t
+    assert t["official"]["wall_ms_median"] == pytest.approx(5000)
+    assert t["official"]["pipeline_ms_median"] == pytest.approx(200)
+    assert t["official"]["network_ms_median"] == pytest.approx(4800)
+    assert t["ours"]["wall_ms_median"] == pytest.approx(2000) and "pipeline_ms_median" not in t["ours"]
+    assert t["ours"]["speedup_wall"] == pytest.approx(2.5)  # of the medians
+    assert t["ours"]["speedup_cpu"] == pytest.approx(2.0)
+    assert t["official"]["speedup_wall"] == pytest.approx(1.0)
+    # per round: 4/2, 6/3, 5/2 -> median 2
+    assert t["ours"]["speedup_wall_paired"] == pytest.approx(2.0)
+    table = bench.format_table(t, {"ours": {"pixels_differing": 7}})
+    assert "2.50" in table and "2.00" in table and " 7" in table and "pipeline 200 ms" in table
+
+
+def test_time_round_robin_interleaves_and_drops_warmup(bench):
+    calls = []
+
+    def make(key):
+        def predict(image):
+            calls.append(key)
+            return key + image
+        return predict
+
+    predictors = {"a": (make("a"), "!"), "b": (make("b"), "?")}
+    seen = []
+    samples, first = bench.time_round_robin(predictors, rounds=3, warmup=1, on_round=lambda s: seen.append(1))
+    assert calls == ["a", "b"] * 3
+    assert first == {"a": "a!", "b": "b?"}
+    assert {k: len(v) for k, v in samples.items()} == {"a": 2, "b": 2}
+    assert len(seen) == 2

@@ -1,0 +1,39 @@
+"""``tools/quickstart.py`` and ``tools/convert_knet_checkpoint.py`` read configs with
+``knet.engine.load_config``: a wrong key stops them at once with the key and the closest valid one named.
+The quickstart's summary picks the headline numbers out of detectron2's nested results."""
+import os
+import sys
+
+import pytest
+from support.scripts import REPO, load_script
+
+CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18.yaml")
+
+
+def test_quickstart_wrong_key_fails_before_generating_data(monkeypatch, tmp_path):
+    quickstart = load_script("tools/quickstart.py")
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--config-file", CONFIG, "--output", str(tmp_path),
+                                      "MODEL.KNET.HIDEN_DIM", "8"])
+    with pytest.raises(SystemExit) as e:
+        quickstart.main()
+    assert "MODEL.KNET.HIDEN_DIM" in str(e.value.code) and "MODEL.KNET.HIDDEN_DIM" in str(e.value.code)
+    assert os.listdir(tmp_path) == []
+
+
+def test_quickstart_summary_picks_headline_numbers():
+    summarize = load_script("tools/quickstart.py").summarize
+    results = {"panoptic_seg": {"PQ": 61.0, "SQ": 80.0, "PQ_th": 55.0}, "segm": {"AP": 52.0, "AP50": 70.0},
+               "sem_seg": {"mIoU": 85.0, "pACC": 95.0}, "other": {"x": 1.0}}
+    assert summarize(results) == {"PQ": 61.0, "SQ": 80.0, "PQ_th": 55.0, "mask AP": 52.0, "mask AP50": 70.0,
+                                  "mIoU": 85.0, "pixel acc": 95.0}
+
+
+def test_convert_wrong_key_is_named(tmp_path):
+    convert = load_script("tools/convert_knet_checkpoint.py")
+    weights = tmp_path / "in.pth"
+    weights.write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        convert.main(["--source", "mmdet-knet", "--config-file", CONFIG, "--input", str(weights),
+                      "--output", str(tmp_path / "out.pth"), "MODEL.KNET.HIDEN_DIM", "8"])
+    assert "MODEL.KNET.HIDEN_DIM" in str(e.value.code) and "MODEL.KNET.HIDDEN_DIM" in str(e.value.code)
+    assert not (tmp_path / "out.pth").exists()
