@@ -89,17 +89,7 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         check_class_ids(names, metas, "thing_dataset_id_to_contiguous_id", cls.MAPPER_NAME, num_classes,
                         things_first=True)
         check_class_ids(names, metas, "stuff_dataset_id_to_contiguous_id", cls.MAPPER_NAME, num_classes)
-        if hasattr(cfg.MODEL, "KNET"):
-            num_things = len(metas[0].thing_dataset_id_to_contiguous_id)
-            if num_things != cfg.MODEL.KNET.NUM_THING_CLASSES:
-                raise ValueError(
-                    f"Dataset {names[0]!r} has {num_things} thing classes but MODEL.KNET.NUM_THING_CLASSES="
-                    f"{cfg.MODEL.KNET.NUM_THING_CLASSES}; set it to {num_things}."
-                )
-        labels = {names[i]: m.ignore_label for i, m in enumerate(metas)}
-        if len(set(labels.values())) > 1:
-            raise ValueError(f"The training datasets disagree on ignore_label: {labels}")
-        return metas
+        return metas  # class counts and one ignore_label: checked by check_dataset_metadata
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):

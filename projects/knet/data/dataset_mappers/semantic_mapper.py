@@ -81,16 +81,10 @@ class KNetSemanticDatasetMapper(KNetDatasetMapperBase):
         ret = cls.common_config(cfg, is_train)
         ignore_label = 255
         if is_train:
-            names = list(cfg.DATASETS.TRAIN)
+            # class counts and one ignore_label across the datasets: checked by check_dataset_metadata
             metas = check_dataset_metadata(cfg, test=False, strict=True)
-            labels = {n: m.ignore_label for n, m in zip(names, metas)}
-            if len(set(labels.values())) > 1:
-                raise ValueError(f"The training datasets disagree on ignore_label: {labels}")
             ignore_label = metas[0].ignore_label
             num_classes = len(metas[0].stuff_classes)
-            if hasattr(cfg.MODEL, "KNET") and num_classes > cfg.MODEL.KNET.NUM_CLASSES:
-                raise ValueError(f"Dataset {names[0]!r} has {num_classes} classes (stuff_classes) but "
-                                 f"MODEL.KNET.NUM_CLASSES={cfg.MODEL.KNET.NUM_CLASSES}.")
             ret.update(ignore_label=ignore_label, num_classes=num_classes)
         ret["augmentations"] = build_semantic_augmentation(cfg, is_train, ignore_label)
         return ret
