@@ -56,7 +56,7 @@ def get_parser():
 
 def setup_cfg(args):
     """Config from ``--config-file`` and ``--opts``; the output of ``--task`` is switched on."""
-    from knet.engine import load_config, use_cpu_without_cuda
+    from knet.engine import apply_cpu_allocator_config, load_config, use_cpu_without_cuda
 
     cfg = load_config(args.config_file, args.opts)
     use_cpu_without_cuda(cfg)
@@ -65,6 +65,7 @@ def setup_cfg(args):
     test.INSTANCE_ON = args.task == "instance"
     test.SEMANTIC_ON = args.task == "semantic"
     cfg.freeze()
+    apply_cpu_allocator_config(cfg)
     return cfg
 
 

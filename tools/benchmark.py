@@ -6,7 +6,8 @@ Model rows (``--sizes``, default 512x768 and 800x1216; batch 1; preprocessing, n
 included, data loading excluded): K-Net R-50 panoptic vs Panoptic FPN R-50, K-Net R-50 instance vs Mask R-CNN
 R-50-FPN and Cascade Mask R-CNN R-50-FPN (the paper's comparison; detectron2 model-zoo configs), each
 K-Net also exported to ONNX and run by onnxruntime (``KNetONNX``), and K-Net panoptic with each speed lever
-switched off (``MODEL.KNET.TEST.FUSE_BN``, ``MODEL.KNET.TEST.CHANNELS_LAST``, ``torch.inference_mode``).
+switched off (``MODEL.KNET.TEST.FUSE_BN``, ``MODEL.KNET.TEST.CHANNELS_LAST``, ``torch.inference_mode``, and
+the CPU heap setting ``MODEL.KNET.CPU_RETAIN_FREED_MEMORY``: ``--malloc`` sets it for every other row).
 Every model has random weights (seed 0) and sees the same random image; the detectron2 models keep all 100
 detections a trained model outputs (score threshold 0; with random weights their scores would fall below the
 zoo's 0.05 and leave the mask heads idle). The rows run round-robin (one run of each in turn, so that they
@@ -110,9 +111,11 @@ def zoo_model(config_path, score_threshold=0.0):
 class BenchRow:
     """One benchmarked model: ``build()`` returns an eval-mode model taking detectron2 input dicts."""
 
-    def __init__(self, key, label, group, backend, build, grad_mode="inference_mode", flops_from=None):
+    def __init__(self, key, label, group, backend, build, grad_mode="inference_mode", flops_from=None,
+                 heap=None):
         self.key, self.label, self.group, self.backend = key, label, group, backend
         self.build, self.grad_mode = build, grad_mode
+        self.heap = heap  # "retain" / "default": this row's CPU heap setting (None: --malloc's)
         self.flops_from = flops_from  # key of the PyTorch row whose FLOPs this row shares (same network)
         self.model = None
         self.roundtrip = None
@@ -173,6 +176,8 @@ def benchmark_rows(args, workdir):
         BenchRow("knet-panoptic-no-levers", "K-Net panoptic: none of them, torch.no_grad", "levers",
                  "PyTorch", knet(KNET_CONFIG, fuse_bn=False, channels_last=False), grad_mode="no_grad",
                  flops_from="knet-panoptic"),
+        BenchRow("knet-panoptic-default-heap", "K-Net panoptic: glibc's default heap (freed memory returned)",
+                 "levers", "PyTorch", knet(KNET_CONFIG), flops_from="knet-panoptic", heap="default"),
     ]
     if args.only:
         wanted = set(args.only)
@@ -212,6 +217,30 @@ def _reset_peak_rss():
         return True
     except OSError:
         return False
+
+
+class _Heap:
+    """The process's CPU heap setting (``knet.engine.allocator``), switched per row. Back to "retain" after a
+    "default" row, the heap is first grown to the process's peak resident set (minus what is resident now) and
+    freed (kept), so that the next row does not pay the page faults of regrowing it."""
+
+    def __init__(self, mode):
+        self.mode = None
+        self.use(mode)
+
+    def use(self, mode):
+        from knet.engine import restore_default_malloc, retain_freed_memory
+
+        if mode == self.mode:
+            return
+        if mode == "retain":
+            retain_freed_memory()
+            peak, now = _proc_status_kb("VmHWM"), _proc_status_kb("VmRSS")
+            if peak and now and peak > now:
+                torch.empty((peak - now) * 1024, dtype=torch.uint8).fill_(0)
+        else:
+            restore_default_malloc()
+        self.mode = mode
 
 
 def _grad_context(mode):
@@ -273,6 +302,7 @@ def run_model_rows(args, rows, sizes, on_size_done=None):
     """Time the rows round-robin (one run of each in turn, so that they see the same machine load) at each
     size; peak memory is taken on each row's warm-up run, FLOPs with fvcore. Returns result dicts."""
     results = []
+    heap = _Heap(args.malloc)
     total = len(sizes) * (args.warmup + args.runs) * len(rows)
     done = 0
     for h, w in sizes:
@@ -286,6 +316,7 @@ def run_model_rows(args, rows, sizes, on_size_done=None):
                 done += 1
                 phase = "warm-up" if rnd < args.warmup else f"run {rnd - args.warmup + 1}/{args.runs}"
                 print(f"[bench {done}/{total}] {h}x{w} {phase}: {row.key}", file=sys.stderr, flush=True)
+                heap.use(row.heap or args.malloc)
                 measure_memory = rnd == 0 and _reset_peak_rss()
                 before = _proc_status_kb("VmRSS") if measure_memory else None
                 with _grad_context(row.grad_mode):
@@ -305,6 +336,7 @@ def run_model_rows(args, rows, sizes, on_size_done=None):
                     "group": row.group,
                     "backend": row.backend,
                     "grad_mode": row.grad_mode if row.backend == "PyTorch" else None,
+                    "heap": row.heap or args.malloc,
                     "size": f"{h}x{w}",
                     "latency_ms_median": 1e3 * statistics.median(wall),
                     "latency_ms_min": 1e3 * min(wall),
@@ -316,6 +348,7 @@ def run_model_rows(args, rows, sizes, on_size_done=None):
                     "folded_weights_mb": getattr(row.model, "folded_weights_mb", None),
                 }
             )
+        heap.use(args.malloc)
         if on_size_done is not None:
             on_size_done(results)
     if not args.no_flops:  # after every timing, so that a failure here loses none of them
@@ -418,7 +451,8 @@ def markdown_table(report):
         f"({m.get('cpu')}, {m.get('torch_threads')} thread(s), torch {m.get('torch')}, onnxruntime "
         f"{m.get('onnxruntime')}, batch 1, random weights, median of "
         f"{report.get('settings', {}).get('runs')} "
-        f"runs; load average {', '.join(f'{v:.1f}' for v in m.get('load_average') or [])}; {m.get('date')}.)"
+        f"runs, CPU heap '{report.get('settings', {}).get('malloc', 'default')}'; load average "
+        f"{', '.join(f'{v:.1f}' for v in m.get('load_average') or [])}; {m.get('date')}.)"
     )
     return "\n".join(lines)
 
@@ -569,6 +603,9 @@ def main(argv=None):
                         help="comma-separated row keys or groups: panoptic, instance, levers, postprocessing")
     parser.add_argument("--skip-models", action="store_true", help="only time the post-processing")
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP counts")
+    parser.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                        help="CPU heap of every row (knet.engine.allocator): 'retain' keeps freed memory for "
+                             "reuse (what train_net.py and the demo set on CPU), 'default' is glibc's")
     parser.add_argument("--json", default=os.path.join("output", "benchmark", "benchmark.json"),
                         help="where to write every figure and the machine info ('' to skip)")
     parser.add_argument("--markdown", action="store_true", help="also print the README table (model rows)")
@@ -584,13 +621,14 @@ def main(argv=None):
     report = {
         "machine": machine_info(args.threads),
         "settings": {"runs": args.runs, "warmup": args.warmup, "sizes": [f"{h}x{w}" for h, w in args.sizes],
-                     "batch": 1, "weights": "random (seed 0)", "device": "cpu"},
+                     "batch": 1, "weights": "random (seed 0)", "device": "cpu", "malloc": args.malloc},
         "models": [],
         "postprocessing": [],
     }
     print(
         f"torch {torch.__version__}, {args.threads} CPU thread(s), median of {args.runs} runs after "
-        f"{args.warmup} warm-up run(s), random weights; load average {report['machine']['load_average']}"
+        f"{args.warmup} warm-up run(s), random weights, CPU heap '{args.malloc}'; load average "
+        f"{report['machine']['load_average']}"
     )
     if not args.skip_models:
         with tempfile.TemporaryDirectory(prefix="knet_bench_") as workdir:

@@ -20,7 +20,11 @@ detectron2 and onnxruntime are importable there too)::
    official side's mode), and exported to ONNX (``knet.export``) and run by onnxruntime (``KNetONNX``).
 3. Agreement: the panoptic output of each of our rows on the test image against the official one (pixels whose
    segment / category differ, segment counts), from the warm-up round.
-4. Timing: the rows take turns (official, ours, ..., official, ours, ...) so that they share the machine's
+4. The CPU heap (``knet.engine.allocator``): the official side as it ships (glibc's defaults: every large
+   tensor is paged in afresh) and ours as it ships ("retain": freed memory kept for reuse, set by
+   ``train_net.py`` and the demo on CPU), plus each side with the other setting ("official-retain",
+   "ours-default-heap"), switched between calls, so that the comparison on the same heap is in the table too.
+5. Timing: the rows take turns (official, ours, ..., official, ours, ...) so that they share the machine's
    load; median of ``--runs`` after ``--warmup`` rounds, wall and process CPU time.
 
 What is timed, from one (H, W, 3) uint8 image to the finished panoptic map at the image's size, on both sides
@@ -58,9 +62,16 @@ OUR_CONFIG = os.path.join(REPO, "configs", "model_zoo", "knet_R50_1x_coco_panopt
 OFFICIAL_MODULES = ("det.knet", "det.kernel_head", "det.kernel_iter_head", "det.kernel_update_head",
                     "det.semantic_fpn_wrapper", "kernel_updator", "det.mask_hungarian_assigner",
                     "det.mask_pseudo_sampler")
-ROWS = ("official", "ours-plain", "ours", "ours-ort")
+ROWS = ("official", "official-retain", "ours-plain", "ours-default-heap", "ours", "ours-ort")
+# the CPU heap of each row (knet.engine.allocator): as each side ships ("official": glibc's default; ours:
+# "retain", set by train_net.py and the demo on CPU), and each side with the other setting
+HEAPS = {"official": "default", "official-retain": "retain", "ours-plain": "default",
+         "ours-default-heap": "default", "ours": "retain", "ours-ort": "retain"}
+HEAP_ROWS = ("official-retain", "ours-default-heap")
 LABELS = {
     "official": "official K-Net (mmdet 2.28.2), torch.no_grad",
+    "official-retain": "official, CPU heap 'retain' (freed memory kept)",
+    "ours-default-heap": "ours, defaults but glibc's default CPU heap",
     "ours-plain": "ours, FUSE_BN off, CHANNELS_LAST off, torch.no_grad",
     "ours": "ours, defaults (FUSE_BN, CHANNELS_LAST, inference_mode)",
     "ours-ort": "ours exported to ONNX, onnxruntime",
@@ -309,9 +320,10 @@ def summarise_segments(official_map, void_label, offset, num_thing_classes):
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def time_round_robin(predictors, rounds, warmup, on_round=None):
+def time_round_robin(predictors, rounds, warmup, on_round=None, heaps=None, heap=None):
     """Call every predictor once per round, in turn; returns {key: [(wall s, CPU s, extra)]} of the rounds
-    after ``warmup`` and the warm-up outputs {key: output} (of the first round)."""
+    after ``warmup`` and the warm-up outputs {key: output} (of the first round). ``heaps`` {key: "retain" /
+    "default"}: the CPU heap set (by ``heap.use``, untimed) before each call of that row."""
     samples = {k: [] for k in predictors}
     first = {}
     total = rounds * len(predictors)
@@ -320,6 +332,8 @@ def time_round_robin(predictors, rounds, warmup, on_round=None):
             phase = "warm-up" if r < warmup else f"run {r - warmup + 1}/{rounds - warmup}"
             print(f"[bench-official {r * len(predictors) + i + 1}/{total}] {phase}: {key}", file=sys.stderr,
                   flush=True)
+            if heaps:
+                heap.use(heaps[key])
             t0, c0 = time.perf_counter(), time.process_time()
             out = predict(image)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -348,19 +362,27 @@ def summarise_times(samples):
             entry["pipeline_ms_median"] = statistics.median(pipe)
             entry["network_ms_median"] = statistics.median(w - p for w, p in zip(wall, pipe))
         out[key] = entry
-    ref = out.get("official")
-    for entry in out.values():
-        if ref:
-            entry["speedup_wall"] = ref["wall_ms_median"] / entry["wall_ms_median"]
-            entry["speedup_cpu"] = ref["cpu_ms_median"] / entry["cpu_ms_median"]
-            pairs = zip(ref["wall_ms_all"], entry["wall_ms_all"])
-            entry["speedup_wall_paired"] = statistics.median(o / w for o, w in pairs)
+
+    def ratios(ref, entry, suffix):
+        entry["speedup_wall" + suffix] = ref["wall_ms_median"] / entry["wall_ms_median"]
+        entry["speedup_cpu" + suffix] = ref["cpu_ms_median"] / entry["cpu_ms_median"]
+        pairs = zip(ref["wall_ms_all"], entry["wall_ms_all"])
+        entry["speedup_wall_paired" + suffix] = statistics.median(o / w for o, w in pairs)
+
+    for key, entry in out.items():
+        if "official" in out:
+            ratios(out["official"], entry, "")
+        same = "official" if HEAPS[key] == "default" else "official-retain"  # the official row on this heap
+        if same in out:
+            ratios(out[same], entry, "_same_heap")
     return out
 
 
 def format_table(times, agreement):
-    head = f"{'row':58}  {'median ms':>10}  {'min ms':>9}  {'CPU ms':>9}  {'official/row':>12}  " \
-           f"{'paired':>6}  {'CPU ratio':>9}  {'pixels != official':>18}"
+    head = (f"{'row':58}  {'heap':>7}  {'median ms':>10}  {'min ms':>9}  {'CPU ms':>9}  "
+            f"{'official/row':>12}  "
+            f"{'paired':>6}  {'CPU ratio':>9}  {'same heap: paired':>17}  {'CPU':>5}  "
+            f"{'pixels != official':>18}")
     lines = [head]
     for key in ROWS:
         t = times.get(key)
@@ -368,10 +390,14 @@ def format_table(times, agreement):
             continue
         a = agreement.get(key, {})
         agree = "–" if key == "official" else str(a.get("pixels_differing", "?"))
-        lines.append(f"{t['label']:58}  {t['wall_ms_median']:10.0f}  {t['wall_ms_min']:9.0f}  "
-                     f"{t['cpu_ms_median']:9.0f}  {t.get('speedup_wall', 1.0):12.2f}  "
+        same = t.get("speedup_wall_paired_same_heap")
+        same_cpu = t.get("speedup_cpu_same_heap")
+        lines.append(f"{t['label']:58}  {HEAPS[key]:>7}  {t['wall_ms_median']:10.0f}  "
+                     f"{t['wall_ms_min']:9.0f}  {t['cpu_ms_median']:9.0f}  "
+                     f"{t.get('speedup_wall', 1.0):12.2f}  "
                      f"{t.get('speedup_wall_paired', 1.0):6.2f}  "
-                     f"{t.get('speedup_cpu', 1.0):9.2f}  {agree:>18}")
+                     f"{t.get('speedup_cpu', 1.0):9.2f}  {'–' if same is None else f'{same:.2f}':>17}  "
+                     f"{'–' if same_cpu is None else f'{same_cpu:.2f}':>5}  {agree:>18}")
     off = times.get("official")
     if off and "network_ms_median" in off:
         lines.append(f"(official: its test pipeline {off['pipeline_ms_median']:.0f} ms of the median, "
@@ -412,12 +438,18 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     mmcv, src = import_official()
     import knet
+    from knet.engine.allocator import _glibc
+
+    if _glibc() is None:  # the heap rows need glibc's mallopt
+        rows = [r for r in rows if r not in HEAP_ROWS]
+    heap = helpers._Heap("default")
     from mmdet.datasets.coco_panoptic import INSTANCE_OFFSET
 
     report = {"machine": helpers.machine_info(args.threads),
               "settings": {"size": f"{args.size[0]}x{args.size[1]}", "threads": args.threads,
                            "runs": args.runs, "warmup": args.warmup, "batch": 1, "device": "cpu",
                            "order": "round-robin", "knet_package": os.path.dirname(knet.__file__),
+                           "heaps": {k: HEAPS[k] for k in rows},
                            "weights": "official init_weights (seed 0), random norm affines, BN statistics "
                                       "of the test image; converted for ours",
                            "image": "synthetic (render_synthetic_image seed 0, val 0) drawn at the size",
@@ -428,9 +460,11 @@ def main(argv=None):
     print(f"[bench-official] building the official model ({src})", file=sys.stderr, flush=True)
     off_cfg, official, official_predict = build_official(mmcv, src, image_bgr)
     predictors = {"official": (official_predict, image_bgr)}
+    if "official-retain" in rows:
+        predictors["official-retain"] = (official_predict, image_bgr)
     conversion, networks = {}, {}
     with tempfile.TemporaryDirectory(prefix="knet_bench_official_") as workdir:
-        for key in rows[1:]:
+        for key in (k for k in rows[1:] if k != "official-retain"):
             print(f"[bench-official] building {key}", file=sys.stderr, flush=True)
             plain = key == "ours-plain"
             cfg, model, summary = build_ours(helpers, official, fuse_bn=not plain, channels_last=not plain,
@@ -452,13 +486,20 @@ def main(argv=None):
                 json.dump(report, f, indent=1)
 
         recorder = FirstPanopticInputs(official.roi_head)
-        samples, first = time_round_robin(predictors, args.warmup + args.runs, args.warmup, on_round=write)
+        predictors = {k: predictors[k] for k in rows}  # table order
+        samples, first = time_round_robin(predictors, args.warmup + args.runs, args.warmup, on_round=write,
+                                          heaps=HEAPS, heap=heap)
+        heap.use("default")
         recorder.remove()
     void = official.roi_head.num_classes
     reference = np.asarray(first["official"][0]["pan_results"])
     things = official.roi_head.num_thing_classes
     agreement = {"official": summarise_segments(reference, void, INSTANCE_OFFSET, things)}
     for key in rows[1:]:
+        if key == "official-retain":
+            encoded = np.asarray(first[key][0]["pan_results"])
+            agreement[key] = compare_panoptic(encoded, reference, INSTANCE_OFFSET)
+            continue
         seg, info = first[key][0]["panoptic_seg"]
         encoded = official_encoding(seg.cpu().numpy(), info, void, INSTANCE_OFFSET)
         agreement[key] = compare_panoptic(encoded, reference, INSTANCE_OFFSET)

@@ -79,3 +79,39 @@ def test_time_round_robin_interleaves_and_drops_warmup(bench):
     assert first == {"a": "a!", "b": "b?"}
     assert {k: len(v) for k, v in samples.items()} == {"a": 2, "b": 2}
     assert len(seen) == 2
+
+
+def test_same_heap_ratios(bench):
+    """Each row is also compared with the official row on the same CPU heap: "ours" (retain) with
+    "official-retain", "ours-default-heap" with "official" (glibc's default)."""
+    samples = {
+        "official": [(8.0, 16.0, 0.1), (8.0, 16.0, 0.1)],
+        "official-retain": [(5.0, 10.0, 0.1), (6.0, 10.0, 0.1)],
+        "ours-default-heap": [(4.0, 8.0, None), (4.0, 8.0, None)],
+        "ours": [(2.5, 5.0, None), (3.0, 5.0, None)],
+    }
+    t = bench.summarise_times(samples)
+    assert t["ours"]["speedup_wall"] == pytest.approx(8.0 / 2.75)  # to the official row as it ships
+    assert t["ours"]["speedup_wall_paired_same_heap"] == pytest.approx(2.0)  # 5/2.5, 6/3
+    assert t["ours"]["speedup_cpu_same_heap"] == pytest.approx(2.0)
+    assert t["ours-default-heap"]["speedup_wall_same_heap"] == pytest.approx(2.0)
+    assert t["official-retain"]["speedup_wall_same_heap"] == pytest.approx(1.0)
+    table = bench.format_table(t, {})
+    assert "retain" in table and "default" in table
+
+
+def test_time_round_robin_sets_each_rows_heap_before_timing(bench):
+    log = []
+
+    class Heap:
+        def use(self, mode):
+            log.append(("heap", mode))
+
+    def make(key):
+        def predict(image):
+            log.append(("call", key))
+        return predict
+
+    predictors = {"a": (make("a"), None), "b": (make("b"), None)}
+    bench.time_round_robin(predictors, rounds=2, warmup=1, heaps={"a": "default", "b": "retain"}, heap=Heap())
+    assert log == [("heap", "default"), ("call", "a"), ("heap", "retain"), ("call", "b")] * 2

@@ -1,8 +1,10 @@
 """K-Net training engine: ``Trainer`` (a detectron2 ``DefaultTrainer``), the optimizer, the resumable train
-loader, the mixed-precision step on CUDA and CPU, devices, config loading, the run set-up and the pre-flight.
+loader, the mixed-precision step on CUDA and CPU, devices, the CPU heap setting, config loading, the run
+set-up and the pre-flight.
 
 Checkpointing is :mod:`knet.checkpoint`; the dataset-metadata check is :mod:`knet.data.metadata`.
 """
+from .allocator import apply_cpu_allocator_config, restore_default_malloc, retain_freed_memory
 from .config_loader import KNetConfigError, load_config
 from .devices import create_knet_ddp_model, model_device_type, use_cpu_without_cuda
 from .mixed_precision import KNetAMPTrainer
@@ -30,4 +32,7 @@ __all__ = [
     "create_knet_ddp_model",
     "model_device_type",
     "use_cpu_without_cuda",
+    "apply_cpu_allocator_config",
+    "retain_freed_memory",
+    "restore_default_malloc",
 ]
