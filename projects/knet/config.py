@@ -46,6 +46,7 @@ def _add_model_config(cfg):
     k.PIXEL_DECODER = CN()
     k.PIXEL_DECODER.NAME = "KNetLocalizationFPN"  # KNet: registered in KNET_PIXEL_DECODER_REGISTRY
     k.PIXEL_DECODER.IN_FEATURES = ["p2", "p3", "p4", "p5"]  # backbone features the decoder reads
+    k.PIXEL_DECODER.OUTPUT_STRIDE = 8  # feature stride: 8 (official) or 4 (with MASK_UPSAMPLE_STRIDE 1)
     k.PIXEL_DECODER.CONV_DIM = 256  # channels of the decoder towers
     k.PIXEL_DECODER.NORM = "GN"  # norm of the decoder convs (GN with 32 groups in the official model)
 

@@ -70,6 +70,41 @@ def test_shapes_through_every_stage(panoptic_model):
     ]
 
 
+def test_stride4_pixel_decoder_option():
+    """``PIXEL_DECODER.OUTPUT_STRIDE 4`` with ``MASK_UPSAMPLE_STRIDE 1``: the same parameters (names and
+    shapes), the features and every stage's masks at stride 4, losses that train, outputs at the input
+    size."""
+    torch.manual_seed(0)
+    cfg8 = tiny_knet_cfg(num_classes=5, num_thing_classes=3, num_proposals=8)
+    cfg4 = cfg8.clone()
+    cfg4.MODEL.KNET.PIXEL_DECODER.OUTPUT_STRIDE = 4
+    cfg4.MODEL.KNET.MASK_UPSAMPLE_STRIDE = 1
+    model8, model4 = build_model(cfg8), build_model(cfg4)
+    assert {k: v.shape for k, v in model8.state_dict().items()} == {
+        k: v.shape for k, v in model4.state_dict().items()}
+    model4.load_state_dict(model8.state_dict())
+    model4.train()
+    inputs = [batched_input(h, w, [0, 3], seed=i) for i, (h, w) in enumerate(SIZES)]
+    images = model4.preprocess_image(inputs)
+    dec = model4.pixel_decoder(model4.backbone(images.tensor))
+    assert dec["loc_feat"].shape == dec["sem_feat"].shape == (2, 32, 24, 24)  # stride 4
+    out = model4.kernel_head(dec)
+    assert out["init_masks"].shape == (2, 8, 24, 24)
+    assert all(s["pred_masks"].shape == (2, 10, 24, 24) for s in out["stages"])
+    losses = model4(inputs)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model4.pixel_decoder.convs_all_levels[0].conv0.weight.grad.abs().sum() > 0
+    model4.eval()
+    with torch.no_grad():
+        res = model4([batched_input(67, 91, seed=0)])[0]
+    assert res["panoptic_seg"][0].shape == (67, 91) and res["sem_seg"].shape == (5, 67, 91)
+    cfg4.MODEL.KNET.PIXEL_DECODER.OUTPUT_STRIDE = 16
+    with pytest.raises(ValueError, match="OUTPUT_STRIDE must be 4 or 8"):
+        build_model(cfg4)
+
+
 def test_initial_kernels_add_binary_mask_sum():
     """K0 = init_kernels.weight + sum of x under sigmoid(M0) > 0.5 (a sum, not a mean)."""
     torch.manual_seed(1)

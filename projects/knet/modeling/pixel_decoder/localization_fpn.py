@@ -23,19 +23,23 @@ __all__ = ["KNetLocalizationFPN"]
 
 @KNET_PIXEL_DECODER_REGISTRY.register()
 class KNetLocalizationFPN(nn.Module):
-    """Fuses FPN levels at stride 8 and returns the localization and semantic features of K-Net.
+    """Fuses FPN levels at stride 8 (or 4) and returns the localization and semantic features of K-Net.
 
     Level 0 (P2, stride 4): one 3x3 conv with stride 2. Level 1 (P3): one 3x3 conv. Level i >= 2: i 3x3
     convs, each but the last followed by a bilinear x2 upsample (align_corners=False). Before its convs, the
     last level (P5) gets the sine positional encoding of its padded map added. The per-level maps are summed;
     ``conv_pred`` (1x1 conv-GN-ReLU) gives the localization feature, ``aux_convs.0`` (the same) the
-    semantic feature. State-dict names: ``convs_all_levels.{i}.conv{j}.{weight,norm.*}``,
+    semantic feature. With ``output_stride`` 4 (our option for small images, not an official setting; use it
+    with ``MODEL.KNET.MASK_UPSAMPLE_STRIDE 1``) level 0's conv keeps stride 1 and every conv of the other
+    levels is followed by an upsample, so the maps are fused at stride 4, with the same parameters.
+    State-dict names: ``convs_all_levels.{i}.conv{j}.{weight,norm.*}``,
     ``conv_pred.*``, ``aux_convs.0.*``.
     """
 
     @configurable
     def __init__(
-        self, input_shape: Dict[str, ShapeSpec], *, conv_dim=256, norm="GN", positional_encoding=True
+        self, input_shape: Dict[str, ShapeSpec], *, conv_dim=256, norm="GN", positional_encoding=True,
+        output_stride=8,
     ):
         """
         Args:
@@ -45,6 +49,7 @@ class KNetLocalizationFPN(nn.Module):
             conv_dim (int): channels of every conv (256).
             norm (str): detectron2 norm name of the convs ("GN" = GroupNorm(32), the official choice).
             positional_encoding (bool): add the sine encoding to the coarsest level (official: True).
+            output_stride (int): 8 (the official configs) or 4 (finer masks, for small images).
         """
         super().__init__()
         self.in_features = list(input_shape.keys())
@@ -60,7 +65,11 @@ class KNetLocalizationFPN(nn.Module):
                     "strides "
                     f"doubling from level to level, got {strides}"
                 )
-        self.common_stride = strides[1]
+        if output_stride not in (4, 8):
+            raise ValueError(
+                f"MODEL.KNET.PIXEL_DECODER.OUTPUT_STRIDE must be 4 or 8, got {output_stride}"
+            )
+        self.common_stride = output_stride
         self.positional_encoding = positional_encoding
         channels = [input_shape[f].channels for f in self.in_features]
         if positional_encoding and channels[-1] % 2 != 0:
@@ -72,12 +81,14 @@ class KNetLocalizationFPN(nn.Module):
         for i, in_ch in enumerate(channels):
             level = nn.Sequential()
             if i == 0:
-                level.add_module("conv0", conv_norm_relu(in_ch, conv_dim, 3, norm, stride=2))
+                level.add_module(
+                    "conv0", conv_norm_relu(in_ch, conv_dim, 3, norm, stride=2 if output_stride == 8 else 1)
+                )
             else:
                 for j in range(i):
                     conv = conv_norm_relu(in_ch if j == 0 else conv_dim, conv_dim, 3, norm)
                     level.add_module(f"conv{j}", conv)
-                    if j < i - 1:
+                    if j < i - 1 or output_stride == 4:
                         level.add_module(
                             f"upsample{j}", nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
                         )
@@ -110,6 +121,7 @@ class KNetLocalizationFPN(nn.Module):
             "input_shape": {f: input_shape[f] for f in dec.IN_FEATURES},
             "conv_dim": dec.CONV_DIM,
             "norm": dec.NORM,
+            "output_stride": dec.OUTPUT_STRIDE,
         }
 
     def forward(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -118,7 +130,8 @@ class KNetLocalizationFPN(nn.Module):
             features: backbone features by name, (B, C_i, H_i, W_i) with H_0 = 2 * H_1 = ... (padded input).
 
         Returns:
-            dict with "loc_feat" and "sem_feat", each (B, conv_dim, H_1, W_1) (stride 8).
+            dict with "loc_feat" and "sem_feat", each (B, conv_dim, H_1, W_1) at stride 8 (or (B, conv_dim,
+            H_0, W_0) at stride 4 with ``output_stride`` 4).
         """
         fused = None
         last = len(self.in_features) - 1
