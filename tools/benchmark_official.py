@@ -438,12 +438,12 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     mmcv, src = import_official()
     import knet
-    from knet.engine.allocator import _glibc
+    from knet.engine import heap_setting_supported
+    from mmdet.datasets.coco_panoptic import INSTANCE_OFFSET
 
-    if _glibc() is None:  # the heap rows need glibc's mallopt
+    if not heap_setting_supported():  # the heap rows need glibc's mallopt
         rows = [r for r in rows if r not in HEAP_ROWS]
     heap = helpers._Heap("default")
-    from mmdet.datasets.coco_panoptic import INSTANCE_OFFSET
 
     report = {"machine": helpers.machine_info(args.threads),
               "settings": {"size": f"{args.size[0]}x{args.size[1]}", "threads": args.threads,

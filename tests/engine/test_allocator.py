@@ -12,7 +12,8 @@ from detectron2.config import get_cfg
 from knet import add_knet_config
 from knet.engine import allocator
 
-pytestmark = pytest.mark.skipif(allocator._glibc() is None, reason="the heap setting exists on glibc only")
+pytestmark = pytest.mark.skipif(not allocator.heap_setting_supported(),
+                                reason="the heap setting exists on glibc only")
 
 _COUNT_FAULTS = """
 import resource, sys, torch

@@ -4,7 +4,12 @@ set-up and the pre-flight.
 
 Checkpointing is :mod:`knet.checkpoint`; the dataset-metadata check is :mod:`knet.data.metadata`.
 """
-from .allocator import apply_cpu_allocator_config, restore_default_malloc, retain_freed_memory
+from .allocator import (
+    apply_cpu_allocator_config,
+    heap_setting_supported,
+    restore_default_malloc,
+    retain_freed_memory,
+)
 from .config_loader import KNetConfigError, load_config
 from .devices import create_knet_ddp_model, model_device_type, use_cpu_without_cuda
 from .mixed_precision import KNetAMPTrainer
@@ -33,6 +38,7 @@ __all__ = [
     "model_device_type",
     "use_cpu_without_cuda",
     "apply_cpu_allocator_config",
+    "heap_setting_supported",
     "retain_freed_memory",
     "restore_default_malloc",
 ]

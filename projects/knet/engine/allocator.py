@@ -17,12 +17,15 @@ for CPU runs when ``MODEL.KNET.CPU_RETAIN_FREED_MEMORY`` is on (:func:`apply_cpu
 """
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 
 from detectron2.config import CfgNode
 
-__all__ = ["retain_freed_memory", "restore_default_malloc", "apply_cpu_allocator_config"]
+__all__ = [
+    "heap_setting_supported", "retain_freed_memory", "restore_default_malloc", "apply_cpu_allocator_config"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,9 @@ _DEFAULT_MMAP_MAX = 65536
 _NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int): in effect, never trim on free
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
-    """The process's glibc (``None`` elsewhere: macOS, Windows, musl)."""
+    """The process's glibc, loaded once (``None`` elsewhere: macOS, Windows, musl)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -49,6 +53,11 @@ def _glibc():
         return libc
     except (OSError, AttributeError):
         return None
+
+
+def heap_setting_supported() -> bool:
+    """Whether this process's C library is glibc, whose heap these functions set."""
+    return _glibc() is not None
 
 
 def retain_freed_memory() -> bool:
@@ -63,8 +72,9 @@ def retain_freed_memory() -> bool:
 
 
 def restore_default_malloc() -> bool:
-    """Undo :func:`retain_freed_memory`: glibc's default thresholds, and the retained memory returned to the
-    system (``malloc_trim``). Returns True when applied."""
+    """Undo :func:`retain_freed_memory`: glibc's default values (the mmap threshold fixed at its initial
+    128 KiB: glibc's raising of it as large blocks are freed stays off once set), and the retained memory
+    returned to the system (``malloc_trim``). Returns True when applied."""
     libc = _glibc()
     if libc is None:
         return False
