@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from panopticapi.utils import rgb2id
 from PIL import Image
 from pycocotools import mask as mask_util
 from support.scripts import REPO
@@ -36,13 +37,12 @@ def test_other_dataset_is_consistent_and_deterministic(tmp_path):
         inst = json.loads((tmp_path / "a" / f"instances_{split}.json").read_text())
         assert {c["id"] for c in pan["categories"]} == {1, 2, 3, 4, 11, 12, 13}
         assert {c["id"] for c in inst["categories"]} == {1, 2, 3, 4}
+        assert [a["id"] for a in inst["annotations"]] == list(range(1, len(inst["annotations"]) + 1))
         by_image = {}
         for a in inst["annotations"]:
             by_image.setdefault(a["image_id"], []).append(a)
         for ann in pan["annotations"]:
-            png = np.asarray(Image.open(tmp_path / "a" / f"panoptic_{split}" / ann["file_name"]))
-            png = png.astype(np.int64)
-            ids = png[..., 0] + 256 * png[..., 1] + 65536 * png[..., 2]
+            ids = rgb2id(np.asarray(Image.open(tmp_path / "a" / f"panoptic_{split}" / ann["file_name"])))
             segs = {s["id"]: s for s in ann["segments_info"]}
             assert set(np.unique(ids)) - {0} == set(segs)
             for sid, s in segs.items():

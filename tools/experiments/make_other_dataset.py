@@ -23,18 +23,19 @@ Segments with fewer than 30 visible pixels become void (id 0). Written in the CO
 
 Category ids: things 1-4, stuff 11-13; segment id = category_id * 1000 + k (k = 1, 2, ... per thing category,
 0 for stuff). Deterministic given --seed (each image draws from its own generator seeded by (seed, split,
-index)). Needs numpy, Pillow and pycocotools. Register the result with ``tools/experiments/other_dataset.py``.
+index)). The annotations are encoded by the synthetic dataset's ``encode_sample`` (package ``knet``). Register
+the result with ``tools/experiments/other_dataset.py``.
 """
 import argparse
 import colorsys
-import json
 import os
 import sys
 import time
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_util
+
+from knet.data.datasets.synthetic.encode import dump_json, encode_sample
 
 THING_CATEGORIES = [
     {"id": 1, "name": "heart", "supercategory": "shape", "isthing": 1, "color": [230, 25, 75]},
@@ -222,7 +223,8 @@ def draw_thing(rng, cls, h, w):
 def render_image(seed, split, index, size):
     """One image, a pure function of its arguments.
 
-    Returns (image (H, W, 3) uint8, segment map (H, W) int64 of panoptic ids (0 = void), segments_info)."""
+    Returns (image (H, W, 3) uint8, segment map (H, W) int32 with 0 = void and k = the k-th segment, the
+    segments [{"category_id": dataset id - 1, "isthing"}]) as ``encode_sample`` takes them."""
     h = w = int(size)
     s = size / 224.0
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_CODE[split], int(index)]))
@@ -246,26 +248,14 @@ def render_image(seed, split, index, size):
         segments.append((THING_CATEGORIES[cls]["id"], True))
         label[mask] = len(segments)
 
-    # Keep the segments with at least MIN_AREA visible pixels (the others become void), number them.
+    # Segments with fewer than MIN_AREA visible pixels become void (label 0); the others are renumbered 1..N.
     areas = np.bincount(label.ravel(), minlength=len(segments) + 1)
-    ids = np.zeros(len(segments) + 1, np.int64)
-    counts, segments_info = {}, []
-    for k, (cat, isthing) in enumerate(segments, start=1):
-        if areas[k] < MIN_AREA:
-            continue
-        counts[cat] = counts.get(cat, 0) + (1 if isthing else 0)
-        ids[k] = cat * 1000 + counts[cat]
-        ys, xs = np.nonzero((label == k).any(1))[0], np.nonzero((label == k).any(0))[0]
-        bbox = [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
-        segments_info.append(
-            {"id": int(ids[k]), "category_id": cat, "iscrowd": 0, "bbox": bbox, "area": int(areas[k])}
-        )
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), ids[label], segments_info
-
-
-def id2rgb(ids):
-    """Panoptic ids (H, W) -> RGB (H, W, 3) uint8 with id = R + 256 G + 256^2 B (panopticapi's encoding)."""
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+    keep = [k for k in range(1, len(segments) + 1) if areas[k] >= MIN_AREA]
+    relabel = np.zeros(len(segments) + 1, np.int32)
+    relabel[keep] = np.arange(1, len(keep) + 1)
+    # encode_sample takes 0-based category indices and writes index + 1 as the dataset id: pass id - 1.
+    kept = [{"category_id": segments[k - 1][0] - 1, "isthing": segments[k - 1][1]} for k in keep]
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), relabel[label], kept
 
 
 def write_split(root, split, num_images, seed, size):
@@ -274,26 +264,18 @@ def write_split(root, split, num_images, seed, size):
     pan_dir = os.path.join(root, f"panoptic_{split}")
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(pan_dir, exist_ok=True)
-    thing_ids = {c["id"] for c in THING_CATEGORIES}
-    images, annotations, instances, n_things = [], [], [], 0
+    images, annotations, instances = [], [], []
     for index in range(num_images):
-        image, ids, segments_info = render_image(seed, split, index, size)
         stem = f"{index + 1:06d}"
-        Image.fromarray(image).save(os.path.join(image_dir, stem + ".jpg"), quality=95, subsampling=0)
-        Image.fromarray(id2rgb(ids)).save(os.path.join(pan_dir, stem + ".png"))
+        files, pan_ann, things = encode_sample(*render_image(seed, split, index, size), index + 1, stem)
+        # encode_sample's semantic PNG is not written (no mIoU for this dataset)
+        for name, folder in ((f"images/{{split}}/{stem}.jpg", image_dir),
+                             (f"panoptic/{{split}}/{stem}.png", pan_dir)):
+            with open(os.path.join(folder, os.path.basename(name)), "wb") as f:
+                f.write(files[name])
         images.append({"id": index + 1, "file_name": stem + ".jpg", "height": size, "width": size})
-        annotations.append(
-            {"image_id": index + 1, "file_name": stem + ".png", "segments_info": segments_info}
-        )
-        for seg in segments_info:
-            if seg["category_id"] not in thing_ids:
-                continue
-            rle = mask_util.encode(np.asfortranarray(ids == seg["id"]).astype(np.uint8))
-            rle["counts"] = rle["counts"].decode("ascii")
-            instances.append({"id": len(instances) + 1, "image_id": index + 1,
-                              "category_id": seg["category_id"], "segmentation": rle, "area": seg["area"],
-                              "bbox": seg["bbox"], "iscrowd": 0})
-        n_things += sum(seg["category_id"] in thing_ids for seg in segments_info)
+        annotations.append(pan_ann)
+        instances += [dict(a, id=len(instances) + i) for i, a in enumerate(things, start=1)]
     doc = {
         "info": {"description": "knet_other synthetic panoptic dataset", "seed": seed, "split": split},
         "images": images,
@@ -304,10 +286,10 @@ def write_split(root, split, num_images, seed, size):
                 "categories": THING_CATEGORIES}
     for name, content in ((f"instances_{split}.json", inst_doc), (f"panoptic_{split}.json", doc)):
         tmp = os.path.join(root, f".{name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(content, f, separators=(",", ":"))
+        with open(tmp, "wb") as f:
+            f.write(dump_json(content))
         os.replace(tmp, os.path.join(root, name))  # the panoptic JSON last: it lists finished files
-    return len(images), n_things
+    return len(images), len(instances)
 
 
 def main(argv=None):
