@@ -1,4 +1,4 @@
-"""The three shipped synthetic configs (panoptic, instance, semantic) train and evaluate through
+"""The shipped synthetic configs (panoptic in float32 and bf16, instance, semantic) train and evaluate through
 ``train_net.py`` with the evaluators their datasets name, on a tiny generated copy of the synthetic data."""
 import json
 import math
@@ -17,6 +17,7 @@ SYN = os.path.join(REPO, "configs", "synthetic")
 # config -> (dataset task, metric groups its evaluation must report, number of output classes)
 CASES = {
     "knet_panoptic_R18.yaml": ("panoptic", {"panoptic_seg": "PQ", "segm": "AP", "sem_seg": "mIoU"}, 11),
+    "knet_panoptic_R18_bf16.yaml": ("panoptic", {"panoptic_seg": "PQ", "segm": "AP", "sem_seg": "mIoU"}, 11),
     "knet_instance_R18.yaml": ("instance", {"segm": "AP"}, 6),
     "knet_upernet_semantic_tiny.yaml": ("sem_seg", {"sem_seg": "mIoU"}, 11),
 }

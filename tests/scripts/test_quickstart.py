@@ -28,6 +28,35 @@ def test_quickstart_summary_picks_headline_numbers():
                                   "mIoU": 85.0, "pixel acc": 95.0}
 
 
+def test_quickstart_picks_bf16_recipe_only_on_amx_cpus(tmp_path):
+    quickstart = load_script("tools/quickstart.py")
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\nbugs\t\t: amx_bf16\n")
+    assert quickstart.cpu_has_amx_bf16(str(amx)) is True
+    assert quickstart.cpu_has_amx_bf16(str(plain)) is False  # avx512_bf16 alone was not measured to pay
+    assert quickstart.cpu_has_amx_bf16(str(tmp_path / "missing")) is False
+    choose = quickstart.choose_config
+    assert choose(None, "auto", True) == quickstart.BF16_CONFIG
+    assert choose(None, "auto", False) == CONFIG
+    assert choose(None, "float32", True) == CONFIG and choose(None, "bf16", False) == quickstart.BF16_CONFIG
+    assert choose("mine.yaml", "bf16", True) == "mine.yaml"
+
+
+def test_bf16_recipe_is_the_float32_one_with_bf16_and_more_iterations():
+    from knet.engine import load_config
+
+    fp32 = load_config(CONFIG, [])
+    bf16 = load_config(load_script("tools/quickstart.py").BF16_CONFIG, [])
+    assert not fp32.SOLVER.AMP.ENABLED and bf16.SOLVER.AMP.ENABLED
+    assert (bf16.SOLVER.MAX_ITER, tuple(bf16.SOLVER.STEPS)) == (1560, (1248, 1482))
+    assert bf16.SOLVER.MAX_ITER == round(1.2 * fp32.SOLVER.MAX_ITER)
+    for key in ("MODEL", "INPUT", "DATASETS", "SEED"):
+        assert bf16[key] == fp32[key], key
+    for key in ("BASE_LR", "IMS_PER_BATCH", "OPTIMIZER"):
+        assert bf16.SOLVER[key] == fp32.SOLVER[key], key
+
+
 def test_convert_wrong_key_is_named(tmp_path):
     convert = load_script("tools/convert_knet_checkpoint.py")
     weights = tmp_path / "in.pth"
