@@ -158,7 +158,7 @@ def main():
 
     args.config_file = choose_config(args.config_file, args.precision, cpu_has_amx_bf16())
     print(f"[quickstart] config: {os.path.relpath(args.config_file, REPO)}"
-          + (" (this CPU has AMX units: bf16, 1.2x the iterations in the same time)"
+          + (" (this CPU has AMX units: bf16, 1.2x the iterations; --precision float32 to opt out)"
              if args.config_file == BF16_CONFIG and args.precision == "auto" else ""), flush=True)
     try:  # a wrong config fails here, in seconds, not after the dataset is generated
         cfg = load_config(args.config_file, args.opts)
