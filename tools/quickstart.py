@@ -31,7 +31,7 @@ def parse_args():
     p.add_argument("--precision", choices=("auto", "float32", "bf16"), default="auto",
                    help="without --config-file: knet_panoptic_R18.yaml (float32) or "
                         "knet_panoptic_R18_bf16.yaml (bf16, 1,560 iterations); auto: bf16 where the CPU "
-                        "has AMX units (amx_bf16)")
+                        "has AMX units (amx_bf16); not with --config-file")
     p.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"), help="output folder")
     p.add_argument("--num-vis", type=int, default=6, help="validation images to render")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -51,7 +51,7 @@ def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def choose_config(config_file, precision: str, has_amx_bf16: bool) -> str:
     """The training config: ``config_file`` when given, else the bf16 recipe for ``precision`` "bf16" (or
-    "auto" on a CPU with AMX units, where it was measured to take the float32 recipe's time), else float32."""
+    "auto" on a CPU with AMX units, the only CPUs where it was measured to pay), else the float32 one."""
     if config_file:
         return config_file
     if precision == "bf16" or (precision == "auto" and has_amx_bf16):
@@ -156,10 +156,14 @@ def main():
     from knet.data.datasets.register_synthetic import ensure_synthetic_dataset
     from knet.engine import KNetConfigError, load_config
 
-    args.config_file = choose_config(args.config_file, args.precision, cpu_has_amx_bf16())
+    if args.config_file and args.precision != "auto":
+        sys.exit("quickstart.py: error: give --config-file or --precision, not both (--precision picks one "
+                 "of the two shipped synthetic configs)")
+    auto = args.config_file is None and args.precision == "auto"
+    args.config_file = choose_config(args.config_file, args.precision, auto and cpu_has_amx_bf16())
     print(f"[quickstart] config: {os.path.relpath(args.config_file, REPO)}"
           + (" (this CPU has AMX units: bf16, 1.2x the iterations; --precision float32 to opt out)"
-             if args.config_file == BF16_CONFIG and args.precision == "auto" else ""), flush=True)
+             if auto and args.config_file == BF16_CONFIG else ""), flush=True)
     try:  # a wrong config fails here, in seconds, not after the dataset is generated
         cfg = load_config(args.config_file, args.opts)
     except KNetConfigError as e:

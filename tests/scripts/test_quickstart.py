@@ -43,6 +43,16 @@ def test_quickstart_picks_bf16_recipe_only_on_amx_cpus(tmp_path):
     assert choose("mine.yaml", "bf16", True) == "mine.yaml"
 
 
+def test_quickstart_refuses_config_file_with_precision(monkeypatch, tmp_path):
+    quickstart = load_script("tools/quickstart.py")
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--config-file", CONFIG, "--precision", "bf16",
+                                      "--output", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        quickstart.main()
+    assert "--config-file or --precision, not both" in str(e.value.code)
+    assert os.listdir(tmp_path) == []
+
+
 def test_bf16_recipe_is_the_float32_one_with_bf16_and_more_iterations():
     from knet.engine import load_config
 

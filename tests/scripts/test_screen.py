@@ -49,7 +49,7 @@ def test_command_puts_the_run_overrides_last(tmp_path):
     screen = _screen()
     args = argparse.Namespace(out=str(tmp_path), python="py", config_file="cfg.yaml", device="cuda",
                               common=["SOLVER.MAX_ITER", "10"])
-    cmd, out_dir = screen.command("lr", 3, "other", ["SOLVER.MAX_ITER", "20"], args)
+    cmd, out_dir = screen.command(screen.Run("lr", 3, "other", ["SOLVER.MAX_ITER", "20"]), args)
     assert out_dir == os.path.join(str(tmp_path), "lr_s3")
     assert cmd[:2] == ["py", screen.OTHER[0]]
     assert cmd[cmd.index("OUTPUT_DIR") + 1] == out_dir and cmd[cmd.index("SEED") + 1] == "3"
@@ -57,7 +57,7 @@ def test_command_puts_the_run_overrides_last(tmp_path):
     assert "('knet_other_panoptic_train',)" in cmd
     # yacs applies overrides left to right: the run's own value wins over --common
     assert cmd[-4:] == ["SOLVER.MAX_ITER", "10", "SOLVER.MAX_ITER", "20"]
-    cmd, _ = screen.command("base", 0, "synthetic", [], args)
+    cmd, _ = screen.command(screen.Run("base", 0, "synthetic", []), args)
     assert cmd[1] == os.path.join(REPO, "train_net.py") and "DATASETS.TRAIN" not in cmd
 
 

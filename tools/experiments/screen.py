@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import namedtuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18.yaml")
@@ -38,8 +39,11 @@ METRICS = {  # column -> (task, key) in train_net.py's last_eval_results.json
 }
 
 
+Run = namedtuple("Run", "name seed dataset opts")  # one training run of a plan
+
+
 def load_plan(path):
-    """The plan as a list of (name, seed, dataset, opts), in file order, seeds innermost."""
+    """The plan as a list of :class:`Run`, in file order, seeds innermost."""
     with open(path) as f:
         plan = json.load(f)
     runs, names = [], set()
@@ -55,21 +59,22 @@ def load_plan(path):
         if dataset not in ("synthetic", "other"):
             raise ValueError(f"{path}: entry '{name}': 'dataset' must be 'synthetic' or 'other'")
         for seed in entry.get("seeds", [0]):
-            runs.append((name, int(seed), dataset, opts))
+            runs.append(Run(name, int(seed), dataset, opts))
     return runs
 
 
-def command(name, seed, dataset, opts, args):
-    """The training command line of one run and its output folder."""
-    out_dir = os.path.join(args.out, f"{name}_s{seed}")
-    script, extra = (os.path.join(REPO, "train_net.py"), []) if dataset == "synthetic" else OTHER
+def command(run, args):
+    """The training command line of a :class:`Run` and its output folder."""
+    out_dir = os.path.join(args.out, f"{run.name}_s{run.seed}")
+    script, extra = (os.path.join(REPO, "train_net.py"), []) if run.dataset == "synthetic" else OTHER
     cmd = [args.python, script, "--config-file", args.config_file, *extra, "OUTPUT_DIR", out_dir,
-           "SEED", str(seed), "MODEL.DEVICE", args.device, *args.common, *opts]
+           "SEED", str(run.seed), "MODEL.DEVICE", args.device, *args.common, *run.opts]
     return cmd, out_dir
 
 
 def seconds_per_iter(out_dir):
-    """Median of detectron2's per-iteration ``time`` over the run's metrics.json (None if missing)."""
+    """Median of the ``time`` records of the run's metrics.json (detectron2 writes one per logging period, the
+    median iteration time of that period); None if there are none."""
     path = os.path.join(out_dir, "metrics.json")
     times = []
     if os.path.exists(path):
@@ -84,10 +89,9 @@ def seconds_per_iter(out_dir):
     return sorted(times)[len(times) // 2] if times else None
 
 
-def collect(name, seed, dataset, opts, out_dir, rc, wall):
-    """One result line: the headline metrics of the run (empty when it failed)."""
-    rec = {"name": name, "seed": seed, "dataset": dataset, "opts": opts, "rc": rc, "wall_s": round(wall, 1),
-           "s_per_iter": seconds_per_iter(out_dir)}
+def collect(run, out_dir, rc, wall):
+    """One result line: the :class:`Run`, its exit code, times and headline metrics (none when it failed)."""
+    rec = dict(run._asdict(), rc=rc, wall_s=round(wall, 1), s_per_iter=seconds_per_iter(out_dir))
     path = os.path.join(out_dir, "last_eval_results.json")
     if rc == 0 and os.path.exists(path):
         with open(path) as f:
@@ -107,26 +111,27 @@ def run_plan(args):
     print(f"{len(runs)} runs, {args.slots} at a time, {args.threads} thread(s) each -> {results}", flush=True)
     while pending or active:
         while pending and len(active) < args.slots:
-            name, seed, dataset, opts = pending.pop(0)
-            cmd, out_dir = command(name, seed, dataset, opts, args)
+            run = pending.pop(0)
+            cmd, out_dir = command(run, args)
             os.makedirs(out_dir, exist_ok=True)
             log = open(os.path.join(out_dir, "run.log"), "w")
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            active.append((proc, log, time.time(), (name, seed, dataset, opts, out_dir)))
+            active.append((proc, log, time.time(), run, out_dir))
         time.sleep(2)
         for item in list(active):
-            proc, log, start, (name, seed, dataset, opts, out_dir) = item
+            proc, log, start, run, out_dir = item
             if proc.poll() is None:
                 continue
             active.remove(item)
             log.close()
-            rec = collect(name, seed, dataset, opts, out_dir, proc.returncode, time.time() - start)
+            rec = collect(run, out_dir, proc.returncode, time.time() - start)
             with open(results, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             done += 1
             shown = " ".join(f"{k} {rec[k]:.1f}" for k in METRICS if k in rec)
             shown = shown or f"FAILED (see {out_dir}/run.log)"
-            print(f"[{done}/{len(runs)}] {name} seed {seed}: {shown} ({rec['wall_s']:.0f} s)", flush=True)
+            print(f"[{done}/{len(runs)}] {run.name} seed {run.seed}: {shown} ({rec['wall_s']:.0f} s)",
+                  flush=True)
     summarize(results)
 
 
