@@ -55,10 +55,12 @@ def mask_weights(masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 
 def pool_in_masks(feature: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean of ``feature`` (C, H, W) inside each soft mask of ``weights`` (K, H, W) -> (K, C).
-    Empty masks give zeros."""
+    """Mean of ``feature`` (C, H, W) inside each soft mask of ``weights`` (K, H, W) -> (K, C): the kernels'
+    own group-feature sum (``assemble_group_features``) divided by the mask area. Empty masks give zeros."""
+    from knet.modeling.kernel_head.kernel_update_head import assemble_group_features
+
     total = weights.sum((-2, -1)).clamp(min=1e-6)
-    return torch.einsum("khw,chw->kc", weights, feature.float()) / total[:, None]
+    return assemble_group_features(weights[None], feature[None])[0] / total[:, None]
 
 
 def fit_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
@@ -101,10 +103,9 @@ def match_to_kernels(kernel_masks: torch.Tensor, gt_masks: torch.Tensor) -> Tupl
     return index, best
 
 
-def _thing_segments(record: dict, num_thing_classes: int) -> List[Tuple[int, int]]:
+def _thing_segments(record: dict) -> List[Tuple[int, int]]:
     """(segment id, contiguous class) of the thing segments of a detectron2 panoptic record."""
-    return [(s["id"], s["category_id"]) for s in record["segments_info"]
-            if s.get("isthing", s["category_id"] < num_thing_classes)]
+    return [(s["id"], s["category_id"]) for s in record["segments_info"] if s["isthing"]]
 
 
 def collect(model, records: Sequence[dict], cfg) -> Dict[str, object]:
@@ -122,7 +123,7 @@ def collect(model, records: Sequence[dict], cfg) -> Dict[str, object]:
     for record in records:
         image = utils.read_image(record["file_name"], format=cfg.INPUT.FORMAT)
         pan = rgb2id(utils.read_image(record["pan_seg_file_name"], "RGB"))
-        things = _thing_segments(record, TC)
+        things = _thing_segments(record)
         if not things:
             continue
         transform = resize.get_transform(image)
