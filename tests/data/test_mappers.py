@@ -173,6 +173,36 @@ def test_instance_mapper_matches_panoptic_things(names):
     assert out["image"].shape == (3, 96, 96) and out["instances"].gt_masks.shape[1:] == (96, 96)
 
 
+def test_panoptic_mapper_reads_segments_in_json_order_and_rejects_unlisted_ids(tmp_path):
+    """Segment ids far apart and listed out of order, a void region and a crowd: each segment's mask is its
+    id's pixels, in ``segments_info`` order; an id the JSON does not list fails naming the PNG and the id."""
+    ids = np.zeros((12, 16), np.int64)
+    ids[:, 4:8] = 70000  # needs all three channels
+    ids[:6, 8:] = 3
+    ids[6:, 8:] = 1234
+    ids[:3, :2] = 9  # crowd
+    pan = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    Image.fromarray(pan).save(str(tmp_path / "pan.png"))
+    Image.fromarray(np.full((12, 16, 3), 50, np.uint8)).save(str(tmp_path / "img.png"))
+    segs = [{"id": 1234, "category_id": 7, "iscrowd": 0}, {"id": 3, "category_id": 2, "iscrowd": 0},
+            {"id": 70000, "category_id": 0, "iscrowd": 0}, {"id": 9, "category_id": 1, "iscrowd": 1},
+            {"id": 55, "category_id": 4, "iscrowd": 0}]  # listed, but no pixel: no mask
+    rec = {"file_name": str(tmp_path / "img.png"), "pan_seg_file_name": str(tmp_path / "pan.png"),
+           "height": 12, "width": 16, "image_id": 1, "segments_info": segs}
+    mapper = KNetPanopticDatasetMapper(True, augmentations=[], image_format="RGB", ignore_label=255)
+    out = mapper(rec)
+    assert out["instances"].gt_classes.tolist() == [7, 2, 0]
+    assert np.array_equal(out["instances"].gt_masks.numpy(), np.stack([ids == 1234, ids == 3, ids == 70000]))
+    sem = out["sem_seg"].numpy()
+    assert (sem[ids == 0] == 255).all() and (sem[ids == 9] == 255).all() and (sem[ids == 3] == 2).all()
+    rec["segments_info"] = segs[:2] + segs[3:]  # 70000 no longer listed
+    with pytest.raises(ValueError, match=r"pan\.png contains segment id 70000"):
+        mapper(rec)
+    rec["segments_info"] = []
+    with pytest.raises(ValueError, match="segment id 3,"):
+        mapper(rec)
+
+
 def test_instance_mapper_polygons_crowd_and_empty(tmp_path):
     img = np.full((40, 50, 3), 90, np.uint8)
     path = str(tmp_path / "img.png")

@@ -77,3 +77,29 @@ def test_per_parameter_clipping_still_available():
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full"
     with pytest.raises(ValueError, match="CLIP_TYPE"):
         build_knet_optimizer(cfg, model)
+
+
+def test_adamw_on_cpu_is_fused_and_updates_as_the_reference():
+    """On CPU the AdamW is torch's fused kernel; its update equals the per-tensor reference implementation's
+    (with the full-model clipping in front), step after step."""
+    cfg = _clipping_cfg("full_model", 1.0)
+    cfg.SOLVER.WEIGHT_DECAY = 0.05
+    model, ref_model = ToyModel(), ToyModel()
+    ref_model.load_state_dict(model.state_dict())
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = build_knet_optimizer(cfg, model)
+    assert opt.defaults["fused"] is True
+    ref_groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [dict(ref_model.named_parameters())[n] for n, p in model.named_parameters()
+                              if any(p is q for q in g["params"])]} for g in opt.param_groups]
+    ref = torch.optim.AdamW(ref_groups, foreach=False)
+    for step in range(3):
+        grads = _set_grads(model, 3.0 if step == 0 else 0.01)  # the first step is clipped
+        for p, g in zip(ref_model.parameters(), grads):
+            p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(list(ref_model.parameters()), 1.0)
+        opt.step()
+        ref.step()
+    for (name, p), q, p0 in zip(model.named_parameters(), ref_model.parameters(), start):
+        assert (p - p0).abs().max() > 1e-5, name  # it moved
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)

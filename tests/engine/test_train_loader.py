@@ -35,3 +35,5 @@ def test_seeded_map_dataset_is_reproducible_and_restores_rng():
     np.random.rand(5)
     torch.rand(3)
     assert ds[(2, 1234)] == a and ds[(2, 99)] != a and a[0] == 2
+    # the mapper's torch draws come from the CPU generator seeded with the item's seed, as torch.manual_seed
+    assert a[3] == torch.rand(1, generator=torch.Generator().manual_seed(1234)).item()

@@ -123,6 +123,16 @@ def add_full_model_gradient_clipping(
     return _FullModelGradientClipping
 
 
+def _all_on_cpu(param_groups) -> bool:
+    """Whether every parameter is a floating-point CPU tensor: there AdamW runs its fused kernel (one call for
+    all tensors instead of a dozen small ops per tensor; the same update, about 5x faster for the quickstart's
+    244 tensors, 4 % of a training step). On CUDA, torch already picks its multi-tensor kernel, and a
+    ``GradScaler`` would hand a fused optimizer still-scaled gradients, which the full-model clipping must not
+    see."""
+    params = [p for g in param_groups for p in g["params"]]
+    return bool(params) and all(p.device.type == "cpu" and p.is_floating_point() for p in params)
+
+
 def build_knet_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Build the optimizer from ``SOLVER.*``.
 
@@ -143,7 +153,7 @@ def build_knet_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     )
     name = solver.OPTIMIZER.upper()
     if name == "ADAMW":
-        optim_cls, kwargs = torch.optim.AdamW, {}
+        optim_cls, kwargs = torch.optim.AdamW, {"fused": True} if _all_on_cpu(params) else {}
     elif name == "SGD":
         optim_cls, kwargs = torch.optim.SGD, {"momentum": solver.MOMENTUM, "nesterov": solver.NESTEROV}
     else:

@@ -115,7 +115,9 @@ class SeededMapDataset(Dataset):
         try:
             random.seed(seed)
             np.random.seed(seed)
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed would also queue a lazy seeding of every accelerator
+            # backend, each recording a formatted stack trace (0.6 ms per item, a sixth of a mapper's time)
+            torch.random.default_generator.manual_seed(seed)
             map_or_skip = getattr(self._mapper, "map_or_skip", None)
             if map_or_skip is not None:
                 return map_or_skip(self._dicts[index])
