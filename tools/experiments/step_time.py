@@ -61,7 +61,8 @@ def measure(config_file: str, opts=(), *, warmup: int = 8, steps: int = 20, thre
     from detectron2.engine import default_argument_parser
     from detectron2.utils.events import EventStorage
 
-    sys.path.insert(0, os.path.join(REPO, "projects"))
+    if os.path.join(REPO, "projects") not in sys.path:  # run from a checkout without installing the package
+        sys.path.insert(0, os.path.join(REPO, "projects"))
     import knet  # noqa: F401
     from knet.engine import Trainer, setup
 
