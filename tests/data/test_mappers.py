@@ -195,6 +195,12 @@ def test_panoptic_mapper_reads_segments_in_json_order_and_rejects_unlisted_ids(t
     assert np.array_equal(out["instances"].gt_masks.numpy(), np.stack([ids == 1234, ids == 3, ids == 70000]))
     sem = out["sem_seg"].numpy()
     assert (sem[ids == 0] == 255).all() and (sem[ids == 9] == 255).all() and (sem[ids == 3] == 2).all()
+    # id 0 is void even when a (malformed) annotation lists it: same masks and semantic map
+    rec["segments_info"] = segs + [{"id": 0, "category_id": 5, "iscrowd": 0}]
+    out0 = mapper(rec)
+    assert out0["instances"].gt_classes.tolist() == [7, 2, 0]
+    assert np.array_equal(out0["instances"].gt_masks.numpy(), out["instances"].gt_masks.numpy())
+    assert np.array_equal(out0["sem_seg"].numpy(), sem)
     rec["segments_info"] = segs[:2] + segs[3:]  # 70000 no longer listed
     with pytest.raises(ValueError, match=r"pan\.png contains segment id 70000"):
         mapper(rec)
