@@ -17,7 +17,7 @@ For each checkpoint, on the first ``--train-images`` images of ``DATASETS.TRAIN[
 
 The probe's accuracy bounds what the kernels can learn from that feature; the two together separate "the
 features cannot tell the shapes apart" from "the heads do not read them". docs/quickstart_experiments.md
-has the measurements (diagnosis 1 and the seed comparison)::
+has the measurements (diagnoses 1 and 3)::
 
     .venv/bin/python tools/experiments/probe_features.py --config-file output/run/config.yaml \\
         --weights output/run/model_0000599.pth output/run/model_final.pth
@@ -130,8 +130,8 @@ def collect(model, records: Sequence[dict], cfg) -> Dict[str, object]:
         image = transform.apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         images = model.preprocess_image([{"image": tensor}])
-        masks = torch.stack([torch.from_numpy(pan == sid) for sid, _ in things]).float()
-        masks = F.interpolate(masks[:, None], size=image.shape[:2], mode="area")[:, 0]
+        masks = torch.stack([torch.from_numpy(pan == sid) for sid, _ in things])
+        masks = mask_weights(masks, image.shape[:2])
         pad_h, pad_w = images.tensor.shape[-2:]
         masks = F.pad(masks, (0, pad_w - masks.shape[-1], 0, pad_h - masks.shape[-2]))
         with torch.no_grad():
