@@ -36,9 +36,15 @@ the pipeline part is also reported apart ("official network + post-processing on
 tensor and ``model([{"image", "height", "width"}])`` (normalisation and padding happen inside the model).
 
 The image is a synthetic one (``knet.data.datasets.synthetic.render_synthetic_image``, seed 0, val image 0,
-drawn at the benchmark size): no real photograph is available here. The weights are random: real detections
-would change the post-processing cost on both sides (the official merge visits every kernel above the thing
-threshold at full resolution). Everything goes to ``--json`` with the machine it ran on.
+drawn at the benchmark size): no real photograph is available here. The weights are random, so the network's
+own last stage is unlike a trained model's: flat, noise-like masks (about 40 % of our output's pixels lie on
+a segment border there, which our exact post-processing resolves pixel by pixel) and no thing kernel above
+the score threshold (which spares the official merge its per-thing work). ``--outputs trained-like`` times
+the same networks with the post-processing of both sides fed the same synthetic last stage shaped like a
+trained model's (``tools/benchmark.py``'s ``trained_like_logits``: stuff kernels tiling the image, confident
+thing blobs, every other kernel confidently off), substituted after the network has run (the network's own
+outputs are still what the "network" agreement compares). Everything goes to ``--json`` with the machine it
+ran on.
 """
 
 import argparse
@@ -254,19 +260,63 @@ class OurPredictor:
 # ---------------------------------------------------------------------------------------------- agreement
 class FirstPanopticInputs:
     """Wraps ``KernelIterHead.get_panoptic`` of the official model and keeps the inputs of its first call:
-    the last stage's class scores (N, C) (sigmoid) and stride-4 mask logits (N, H/4, W/4)."""
+    the last stage's class scores (N, C) (sigmoid) and stride-4 mask logits (N, H/4, W/4). With ``replace``
+    set to (class scores (N, C) sigmoid, mask logits (N, H/4, W/4)), the post-processing gets those instead
+    (``--outputs trained-like``); what the network gave is still what is kept."""
 
     def __init__(self, roi_head):
         self.roi_head, self.fn, self.inputs = roi_head, roi_head.get_panoptic, None
+        self.replace = None
         roi_head.get_panoptic = self
 
     def __call__(self, cls_scores, mask_preds, test_cfg, img_meta):
         if self.inputs is None:
             self.inputs = (cls_scores.detach().clone(), mask_preds.detach().clone())
+        if self.replace is not None:
+            cls_scores, mask_preds = _replacement(self.replace, cls_scores, mask_preds, "official")
         return self.fn(cls_scores, mask_preds, test_cfg, img_meta)
 
     def remove(self):
         del self.roi_head.get_panoptic  # the instance attribute over the class's method
+
+
+def _replacement(replace, cls, masks, side):
+    """``replace`` (class tensor, mask logits), checked against the shapes of what the network gave."""
+    new_cls, new_masks = replace
+    if new_cls.shape != cls.shape or new_masks.shape != masks.shape:
+        raise RuntimeError(
+            f"--outputs trained-like: the {side} network gave class {tuple(cls.shape)} / masks "
+            f"{tuple(masks.shape)}, the replacement has {tuple(new_cls.shape)} / {tuple(new_masks.shape)}"
+        )
+    return new_cls, new_masks
+
+
+class OurPanopticInputs:
+    """The same substitution on our side (``--outputs trained-like``): wraps the ``panoptic_inference`` that
+    ``knet.modeling.meta_arch.knet.postprocess_image`` calls (shared by ``KNet`` and the onnxruntime
+    ``KNetONNX``), so that the panoptic post-processing gets ``replace`` = (class logits (N, C), mask logits
+    (N, H/4, W/4)) instead of the network's last stage."""
+
+    def __init__(self, replace):
+        from knet.modeling.meta_arch import knet as meta_arch
+
+        self.module, self.fn, self.replace = meta_arch, meta_arch.panoptic_inference, replace
+        meta_arch.panoptic_inference = self
+
+    def __call__(self, cls_logits, mask_logits, *args, **kwargs):
+        cls_logits, mask_logits = _replacement(self.replace, cls_logits, mask_logits, "our")
+        return self.fn(cls_logits, mask_logits, *args, **kwargs)
+
+    def remove(self):
+        self.module.panoptic_inference = self.fn
+
+
+def trained_like_outputs(helpers, size, size_divisibility=32):
+    """(class logits (153, 133), mask logits (153, H/4, W/4)) of the padded image: the structure of a trained
+    K-Net's last stage (``tools/benchmark.py``'s ``trained_like_logits``: stuff kernels tiling the image, a
+    dozen confident thing blobs, every other kernel confidently off)."""
+    h, w = (-(-v // size_divisibility) * size_divisibility for v in size)
+    return helpers.trained_like_logits(h, w)
 
 
 def network_difference(model, image_rgb, official_inputs):
@@ -423,9 +473,20 @@ def main(argv=None):
                         help="image size")
     parser.add_argument("--rows", default=",".join(ROWS),
                         help=f"comma-separated rows among {', '.join(ROWS)} (official is always timed)")
-    parser.add_argument("--json", default=os.path.join("output", "benchmark", "official_vs_ours.json"),
-                        help="where to write every figure and the machine info")
+    parser.add_argument("--outputs", choices=("network", "trained-like"), default="network",
+                        help="what the panoptic post-processing of both sides gets: 'network', the random "
+                        "network's own last stage (noise-like masks, no thing above the score threshold); "
+                        "'trained-like', the same synthetic last stage with a trained model's structure on "
+                        "both sides (tools/benchmark.py's trained_like_logits), substituted after the "
+                        "network has run: the network is timed as before, the post-processing on outputs "
+                        "like a trained model's")
+    parser.add_argument("--json", default=None,
+                        help="where to write every figure and the machine info (default: "
+                        "output/benchmark/official_vs_ours[_trained_like].json)")
     args = parser.parse_args(argv)
+    if args.json is None:
+        suffix = "" if args.outputs == "network" else "_" + args.outputs.replace("-", "_")
+        args.json = os.path.join("output", "benchmark", f"official_vs_ours{suffix}.json")
     rows = ["official"] + [r for r in (v.strip() for v in args.rows.split(",")) if r and r != "official"]
     unknown = set(rows) - set(ROWS)
     if unknown:
@@ -454,7 +515,8 @@ def main(argv=None):
                                       "of the test image; converted for ours",
                            "image": "synthetic (render_synthetic_image seed 0, val 0) drawn at the size",
                            "preprocessing": "included on both sides (official: its test pipeline; ours: "
-                                            "normalisation/padding inside the model)"}}
+                                            "normalisation/padding inside the model)",
+                           "outputs": args.outputs}}
     image_rgb = test_image(args.size)
     image_bgr = np.ascontiguousarray(image_rgb[..., ::-1])  # mmcv's loaders give BGR; its Normalize flips
     print(f"[bench-official] building the official model ({src})", file=sys.stderr, flush=True)
@@ -485,12 +547,20 @@ def main(argv=None):
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=1)
 
-        recorder = FirstPanopticInputs(official.roi_head)
+        recorder, ours_hook = FirstPanopticInputs(official.roi_head), None
+        if args.outputs == "trained-like":
+            cls_logits, mask_logits = trained_like_outputs(helpers, args.size)
+            recorder.replace = (cls_logits.sigmoid(), mask_logits)  # the official side takes probabilities
+            ours_hook = OurPanopticInputs((cls_logits, mask_logits))
         predictors = {k: predictors[k] for k in rows}  # table order
-        samples, first = time_round_robin(predictors, args.warmup + args.runs, args.warmup, on_round=write,
-                                          heaps=HEAPS, heap=heap)
-        heap.use("default")
-        recorder.remove()
+        try:
+            samples, first = time_round_robin(predictors, args.warmup + args.runs, args.warmup,
+                                              on_round=write, heaps=HEAPS, heap=heap)
+        finally:
+            heap.use("default")
+            recorder.remove()
+            if ours_hook is not None:
+                ours_hook.remove()
     void = official.roi_head.num_classes
     reference = np.asarray(first["official"][0]["pan_results"])
     things = official.roi_head.num_thing_classes
@@ -512,7 +582,9 @@ def main(argv=None):
     m = report["machine"]
     print(f"\nK-Net R-50 panoptic (153 kernels, 3 stages), {report['settings']['size']}, batch 1, CPU, "
           f"{args.threads} threads, median of {args.runs} round-robin runs after {args.warmup} warm-up; "
-          "preprocessing included on both sides")
+          "preprocessing included on both sides; post-processing of "
+          + ("the network's own outputs" if args.outputs == "network"
+             else "trained-like outputs (the same on both sides, substituted after the network)"))
     print(format_table(report["times"], agreement))
     print(f"official output: {agreement['official']}")
     for key in rows[1:]:

@@ -115,3 +115,65 @@ def test_time_round_robin_sets_each_rows_heap_before_timing(bench):
     predictors = {"a": (make("a"), None), "b": (make("b"), None)}
     bench.time_round_robin(predictors, rounds=2, warmup=1, heaps={"a": "default", "b": "retain"}, heap=Heap())
     assert log == [("heap", "default"), ("call", "a"), ("heap", "retain"), ("call", "b")] * 2
+
+
+def _options(**kw):
+    from knet.modeling.options import PostprocessOptions
+
+    base = dict(panoptic_on=True, instance_on=False, semantic_on=False, max_per_image=100, mask_threshold=0.5,
+                instance_score_threshold=0.3, thing_score_threshold=0.3, overlap_threshold=0.6,
+                soft_boundaries=False, panoptic_mode="exact")
+    base.update(kw)
+    return PostprocessOptions(**base)
+
+
+def test_our_panoptic_inputs_substitutes_the_last_stage_and_is_removed(bench):
+    """``--outputs trained-like`` on our side: the panoptic post-processing that ``postprocess_image`` runs
+    (KNet's and KNetONNX's) gets the replacement, not the network's outputs; removal restores it."""
+    import torch
+
+    from knet.modeling.meta_arch import knet as meta_arch
+
+    helpers = bench.bench_helpers()
+    cls, masks = bench.trained_like_outputs(helpers, (120, 190))
+    assert cls.shape == (153, 133) and masks.shape == (153, 32, 48)  # padded to 128 x 192, stride 4
+    kw = dict(stride=4, num_proposals=100, num_thing_classes=80, options=_options())
+    noise = (torch.randn(153, 133), torch.randn(153, 32, 48))
+    own = meta_arch.postprocess_image(*noise, (120, 190), (120, 190), **kw)["panoptic_seg"]
+    expected = meta_arch.postprocess_image(cls, masks, (120, 190), (120, 190), **kw)["panoptic_seg"]
+    assert len(expected[1]) > len(own[1])  # trained-like outputs give more segments than noise
+    original = meta_arch.panoptic_inference
+    hook = bench.OurPanopticInputs((cls, masks))
+    try:
+        got = meta_arch.postprocess_image(*noise, (120, 190), (120, 190), **kw)["panoptic_seg"]
+        assert torch.equal(got[0], expected[0]) and got[1] == expected[1]
+        message = r"our network gave class \(153, 133\) / masks \(153, 30, 48\)"
+        with pytest.raises(RuntimeError, match=message):
+            meta_arch.postprocess_image(noise[0], noise[1][:, :30], (120, 190), (120, 190), **kw)
+    finally:
+        hook.remove()
+    assert meta_arch.panoptic_inference is original
+    again = meta_arch.postprocess_image(*noise, (120, 190), (120, 190), **kw)["panoptic_seg"]
+    assert torch.equal(again[0], own[0])
+
+
+def test_official_hook_keeps_network_inputs_and_passes_the_replacement(bench):
+    import torch
+
+    class RoiHead:
+        def get_panoptic(self, cls_scores, mask_preds, test_cfg, img_meta):
+            return cls_scores, mask_preds
+
+    head = RoiHead()
+    net = (torch.rand(5, 3), torch.randn(5, 4, 4))
+    recorder = bench.FirstPanopticInputs(head)
+    assert head.get_panoptic(*net, None, None)[0] is net[0]  # no replacement: passed through
+    replacement = (torch.rand(5, 3), torch.randn(5, 4, 4))
+    recorder.replace = replacement
+    out = head.get_panoptic(torch.rand(5, 3), torch.randn(5, 4, 4), None, None)
+    assert out[0] is replacement[0] and out[1] is replacement[1]
+    assert torch.equal(recorder.inputs[0], net[0])  # what the network gave first is what is kept
+    with pytest.raises(RuntimeError, match="official network"):
+        head.get_panoptic(torch.rand(6, 3), torch.randn(6, 4, 4), None, None)
+    recorder.remove()
+    assert head.get_panoptic(*net, None, None)[0] is net[0]
