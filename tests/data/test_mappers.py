@@ -151,6 +151,48 @@ def test_lsj_pads_small_scales_and_crops_large_ones(names):
         assert out["image"].shape == (3, 96, 96) and out["instances"].gt_masks.shape[1:] == (96, 96)
 
 
+def _window_offset(big, small):
+    """(y, x) of the windows of ``big`` (H, W, C) equal to ``small`` (h, w, C)."""
+    h, w = small.shape[:2]
+    return [(y, x) for y in range(big.shape[0] - h + 1) for x in range(big.shape[1] - w + 1)
+            if np.array_equal(big[y:y + h, x:x + w], small)]
+
+
+@pytest.mark.parametrize("task", ["panoptic", "instance"])
+def test_input_crop_is_taken_at_the_images_own_scale(names, task):
+    """detectron2's ``INPUT.CROP`` (crop first, then the shortest-edge resize): an absolute 40 x 40 crop with
+    ``MIN_SIZE_TRAIN`` 40 is a window of the 64 x 64 image at its own scale, its targets the same window."""
+    cfg = make_cfg(f"knet_{task}", names[task])
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = [40, 40]
+    cfg.INPUT.MIN_SIZE_TRAIN = (40,)
+    cfg.INPUT.RANDOM_FLIP = "none"
+    mapper = build_mapper(cfg, True)
+    assert isinstance(mapper.augmentations.augs[0], T.RandomCrop)
+    pan = {r["image_id"]: r for r in DatasetCatalog.get(names["panoptic"])}
+    offsets = set()
+    for seed, rec in enumerate(DatasetCatalog.get(names[task])):
+        np.random.seed(seed)
+        out = mapper(rec)
+        img = np.asarray(Image.open(rec["file_name"]).convert("RGB"))
+        crop = out["image"].permute(1, 2, 0).numpy()
+        assert crop.shape == (40, 40, 3)
+        (y, x), = _window_offset(img, crop)
+        offsets.add((y, x))
+        masks, classes = _expected_segments(pan[rec["image_id"]])
+        if task == "instance":
+            masks, classes = masks[classes < 6], classes[classes < 6]
+        window = masks[:, y:y + 40, x:x + 40]
+        keep = window.any(axis=(1, 2))
+        assert np.array_equal(out["instances"].gt_masks.numpy(), window[keep])
+        assert np.array_equal(out["instances"].gt_classes.numpy(), classes[keep])
+    assert len(offsets) > 1  # a random window, not a fixed one
+
+    cfg.INPUT.CROP.ENABLED = False
+    assert not any(isinstance(a, T.RandomCrop) for a in build_mapper(cfg, True).augmentations.augs)
+
+
 def test_instance_mapper_matches_panoptic_things(names):
     pan = {r["image_id"]: r for r in DatasetCatalog.get(names["panoptic"])}
     mapper = KNetInstanceDatasetMapper(True, augmentations=[], image_format="RGB")
@@ -419,6 +461,11 @@ def test_test_mode_resizes_only(names):
         assert out["image"].shape == (3, 80, 80)  # MIN_SIZE_TEST
         assert (out["height"], out["width"]) == (64, 64)
         assert "instances" not in out and "sem_seg" not in out and "annotations" not in out
+        cfg.INPUT.MIN_SIZE_TEST = 0  # detectron2's "no resize": the image at its own scale, as the crops
+        cfg.INPUT.CROP.ENABLED = True  # training only
+        out = build_mapper(cfg, False)(rec)
+        img = np.asarray(Image.open(rec["file_name"]).convert("RGB"))
+        assert np.array_equal(out["image"].permute(1, 2, 0).numpy(), img)
 
 
 def test_missing_metadata_fails_naming_key_and_dataset():

@@ -32,6 +32,18 @@ def test_unknown_mapper_is_a_config_error():
         preflight(cfg)
 
 
+def test_input_crop_with_a_mapper_that_ignores_it_is_a_config_error():
+    cfg = _semantic_cfg(_register(stuff_classes=["a", "b"], ignore_label=255, evaluator_type="sem_seg"))
+    cfg.INPUT.CROP.ENABLED = True
+    message = r"INPUT.CROP.ENABLED.*'knet_semantic'.*knet_instance, knet_panoptic"
+    with pytest.raises(KNetConfigError, match=message):
+        preflight(cfg)
+    preflight(cfg, eval_only=True)  # evaluation does not crop
+    cfg.INPUT.DATASET_MAPPER_NAME = "knet_panoptic_lsj"
+    with pytest.raises(KNetConfigError, match="knet_panoptic_lsj"):
+        preflight(cfg)
+
+
 def test_datasets_checked_once(monkeypatch):
     from knet.data import metadata
 

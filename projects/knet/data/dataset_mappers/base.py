@@ -10,17 +10,36 @@ from detectron2.data import transforms as T
 
 from .utils import map_test_image
 
-__all__ = ["KNetDatasetMapperBase"]
+__all__ = ["KNetDatasetMapperBase", "build_resize_augmentation"]
+
+
+def build_resize_augmentation(cfg, is_train: bool) -> List:
+    """The augmentations of detectron2's ``DatasetMapper`` (``detectron2/data/dataset_mapper.py``,
+    ``from_config``): shortest-edge resize (``INPUT.MIN_SIZE_*``/``MAX_SIZE_*``) and, in training, flip per
+    ``INPUT.RANDOM_FLIP``, with ``INPUT.CROP`` (``T.RandomCrop(CROP.TYPE, CROP.SIZE)``) inserted first when
+    ``INPUT.CROP.ENABLED``: the crop is taken in the image's own pixels, then resized. An ``"absolute"``
+    crop of ``MIN_SIZE_TRAIN`` x ``MIN_SIZE_TRAIN`` (a single size) is thus a window at the image's own
+    scale (its resize is the identity; an image smaller than the crop keeps its size in that dimension and
+    is then resized); ``MIN_SIZE_TEST`` 0 tests whole images at that scale."""
+    augs = utils.build_augmentation(cfg, is_train)
+    if is_train and cfg.INPUT.CROP.ENABLED:
+        augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    return augs
 
 
 class KNetDatasetMapperBase:
     """Base of the registered K-Net mappers (each keeps its own ``@configurable __init__`` and
     ``from_config``).
 
+    ``USES_INPUT_CROP``: whether the mapper applies ``INPUT.CROP`` (the pre-flight refuses ``CROP.ENABLED``
+    with a mapper that would silently ignore it).
+
     Subclasses call ``super().__init__(...)`` from their ``__init__`` and implement :meth:`map_train`; calling
     the mapper runs :func:`~.utils.map_test_image` at test time, else copies the record, reads the image in
     ``image_format``, checks its size against the record and hands both to :meth:`map_train`.
     """
+
+    USES_INPUT_CROP = False
 
     def __init__(self, is_train: bool, *, augmentations: List, image_format: str,
                  pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):

@@ -18,6 +18,8 @@ class KNetInstanceLSJDatasetMapper(KNetInstanceDatasetMapper):
     (padding: image = 128 before normalisation, masks = False); instances cropped away entirely are
     dropped."""
 
+    USES_INPUT_CROP = False  # crops to INPUT.IMAGE_SIZE itself
+
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         return with_lsj(super().from_config(cfg, is_train), cfg, is_train)

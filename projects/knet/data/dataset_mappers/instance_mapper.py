@@ -10,12 +10,11 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from ..metadata import check_dataset_metadata
-from .base import KNetDatasetMapperBase
+from .base import KNetDatasetMapperBase, build_resize_augmentation
 from .registry import KNET_MAPPER_REGISTRY
 from .utils import (
     annotations_to_masks,
@@ -36,7 +35,8 @@ class KNetInstanceDatasetMapper(KNetDatasetMapperBase):
     Training steps:
       1. read the image; drop crowd annotations; decode every ``segmentation`` (polygons, RLE,
          compressed RLE);
-      2. augment the image, transform the masks with the same transforms;
+      2. augment the image (``INPUT.CROP`` if enabled, resize, flip:
+         :func:`~.base.build_resize_augmentation`), transform the masks with the same transforms;
       3. optionally pad to a fixed size (large-scale-jitter subclass);
       4. drop instances left without any pixel; ``instances``: ``gt_classes`` int64, ``gt_masks`` bool
          (N, H, W).
@@ -44,6 +44,7 @@ class KNetInstanceDatasetMapper(KNetDatasetMapperBase):
     At test time only the resize of ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` is applied.
     """
 
+    USES_INPUT_CROP = True
     REQUIRED_METADATA = ("thing_dataset_id_to_contiguous_id",)
 
     @configurable
@@ -60,7 +61,7 @@ class KNetInstanceDatasetMapper(KNetDatasetMapperBase):
             metas = check_dataset_metadata(cfg, test=False, strict=True)
             num_classes = cfg.MODEL.KNET.NUM_CLASSES if hasattr(cfg.MODEL, "KNET") else None
             check_class_ids(names, metas, "thing_dataset_id_to_contiguous_id", cls.MAPPER_NAME, num_classes)
-        return dict(cls.common_config(cfg, is_train), augmentations=utils.build_augmentation(cfg, is_train))
+        return dict(cls.common_config(cfg, is_train), augmentations=build_resize_augmentation(cfg, is_train))
 
     def map_train(self, dataset_dict, image):
         h, w = image.shape[:2]

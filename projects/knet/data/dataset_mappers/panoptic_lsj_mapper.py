@@ -60,6 +60,8 @@ class KNetPanopticLSJDatasetMapper(KNetPanopticDatasetMapper):
     IMAGE_SIZE x IMAGE_SIZE
     (padding: image = 128 before normalisation, masks = False, sem_seg = ignore_label)."""
 
+    USES_INPUT_CROP = False  # crops to INPUT.IMAGE_SIZE itself
+
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         return with_lsj(super().from_config(cfg, is_train), cfg, is_train)

@@ -14,7 +14,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.structures import Instances
 
 from ..metadata import check_dataset_metadata
-from .base import KNetDatasetMapperBase
+from .base import KNetDatasetMapperBase, build_resize_augmentation
 from .registry import KNET_MAPPER_REGISTRY
 from .utils import LabelAugInput, check_class_ids, image_to_tensor, pad_to_size
 
@@ -54,7 +54,7 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
       1. read the image (``INPUT.FORMAT``) and the panoptic PNG (id = R + 256 G + 256^2 B), turned into a
          segment-index map (0 = void);
       2. augment image and index map together (nearest neighbour for the map, exact for any number of
-         segments);
+         segments): ``INPUT.CROP`` if enabled, resize, flip (:func:`~.base.build_resize_augmentation`);
       3. optionally pad both to a fixed size (large-scale-jitter subclass);
       4. ``instances``: one mask per non-crowd segment present, things and stuff, ``gt_classes`` contiguous
          (things ``0..T-1``, stuff ``T..C-1``); ``sem_seg``: int64, void and crowd pixels = ``ignore_label``.
@@ -62,6 +62,7 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
     At test time only the resize of ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` is applied.
     """
 
+    USES_INPUT_CROP = True
     REQUIRED_METADATA = (
         "thing_dataset_id_to_contiguous_id",
         "stuff_dataset_id_to_contiguous_id",
@@ -93,7 +94,7 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        ret = dict(cls.common_config(cfg, is_train), augmentations=utils.build_augmentation(cfg, is_train))
+        ret = dict(cls.common_config(cfg, is_train), augmentations=build_resize_augmentation(cfg, is_train))
         if is_train:
             metas = cls._check_train_metadata(cfg)
             ret["ignore_label"] = metas[0].ignore_label
