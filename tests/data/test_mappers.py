@@ -21,6 +21,7 @@ from knet.data.dataset_mappers import (
     RatioRangeResize,
     build_mapper,
 )
+from knet.data.dataset_mappers.panoptic_mapper import read_panoptic_png
 from knet.data.dataset_mappers.utils import apply_label_transform, transform_masks
 from knet.data.datasets import ensure_synthetic_dataset, register_knet_synthetic
 
@@ -498,3 +499,24 @@ def test_class_count_mismatch_fails(names):
     cfg.MODEL.KNET.NUM_CLASSES = 8
     with pytest.raises(DatasetMetadataError, match="NUM_CLASSES"):
         build_mapper(cfg, True)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P"])
+def test_read_panoptic_png_equals_detectron2_read_image(tmp_path, mode):
+    from detectron2.data import detection_utils
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 4, (7, 9))
+    palette_rgb = np.array([[0, 0, 0], [1, 0, 0], [232, 3, 0], [7, 9, 1]], dtype=np.uint8)
+    rgb = palette_rgb[ids]
+    if mode == "P":
+        img = Image.fromarray(ids.astype(np.uint8), mode="L").convert("P")
+        img.putpalette(palette_rgb.ravel().tolist())
+    else:
+        img = Image.fromarray(rgb).convert(mode)
+    path = str(tmp_path / f"pan_{mode}.png")
+    img.save(path)
+    out = read_panoptic_png(path)
+    assert out.shape == (7, 9, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, rgb)
+    assert np.array_equal(out, detection_utils.read_image(path, "RGB"))

@@ -1,4 +1,5 @@
-"""Small layers shared by the K-Net heads: the conv-norm-ReLU block and the bilinear resize.
+"""Small layers shared by the K-Net modules: the conv-norm-ReLU block, the bilinear resize and a max-pool
+that is faster on CPU.
 
 Both follow the reference implementations' conventions: mmcv ``ConvModule`` (conv without bias when a norm
 follows, then norm, then ReLU; used by ZwwWayne/K-Net ``knet/det/semantic_fpn_wrapper.py`` and
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
 from fvcore.nn import weight_init
 
-__all__ = ["conv_norm_relu", "resize"]
+__all__ = ["conv_norm_relu", "max_pool2d", "resize"]
 
 
 def conv_norm_relu(
@@ -60,3 +61,54 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
             return x.new_zeros((0, *size))
         return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class _ChannelsLastMaxPool2d(torch.autograd.Function):
+    """``F.max_pool2d`` computed in the channels-last layout and differentiated in the contiguous one.
+
+    On CPU, PyTorch's contiguous (NCHW) max-pool forward is several times slower than its channels-last one
+    (a ResNet stem's 3x3/2 pool of a (8, 32, 96, 96) map: 16 against 4 ms with two threads), while its
+    backward is the faster of the two. Both kernels take the first maximum of a window and return the
+    window's flat ``h * w`` index whatever the layout, so the result and the gradient are those of
+    ``F.max_pool2d``, bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel_size: int, stride: int, padding: int):
+        y, indices = F.max_pool2d_with_indices(
+            x.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding
+        )
+        ctx.save_for_backward(x, indices)
+        ctx.pool_args = (kernel_size, stride, padding)
+        return y.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, indices = ctx.saved_tensors
+        k, s, p = ctx.pool_args
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.contiguous(), x, [k, k], [s, s], [p, p], [1, 1], False, indices.contiguous()
+        )
+        return grad_x, None, None, None
+
+
+def _is_compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
+
+
+def max_pool2d(x: torch.Tensor, kernel_size: int, stride: int, padding: int = 0) -> torch.Tensor:
+    """``F.max_pool2d(x, kernel_size, stride, padding)`` of a (B, C, H, W) map: the same values and gradient,
+    about 3x faster on CPU (forward + backward of a ResNet stem's pool: 6.5 against 20 ms, two threads; see
+    :class:`_ChannelsLastMaxPool2d`). Other devices, channels-last inputs and traced or scripted graphs (ONNX
+    export) take ``F.max_pool2d`` itself."""
+    if (
+        x.device.type != "cpu"
+        or x.dim() != 4
+        or not x.is_contiguous()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or _is_compiling()
+    ):
+        return F.max_pool2d(x, kernel_size, stride, padding)
+    return _ChannelsLastMaxPool2d.apply(x, kernel_size, stride, padding)

@@ -10,15 +10,24 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.structures import Instances
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
 from ..metadata import check_dataset_metadata
 from .base import KNetDatasetMapperBase, build_resize_augmentation
 from .registry import KNET_MAPPER_REGISTRY
 from .utils import LabelAugInput, check_class_ids, image_to_tensor, pad_to_size
 
-__all__ = ["KNetPanopticDatasetMapper", "panoptic_targets"]
+__all__ = ["KNetPanopticDatasetMapper", "panoptic_targets", "read_panoptic_png"]
+
+
+def read_panoptic_png(file_name: str) -> np.ndarray:
+    """A COCO panoptic PNG as an (H, W, 3) uint8 RGB array, read as panopticapi reads it (``Image.open``,
+    no EXIF orientation: these PNGs carry none). ``detection_utils.read_image`` would also look for EXIF
+    data and copy the array (0.4 of its 1.1 ms for a 256x256 PNG)."""
+    with PathManager.open(file_name, "rb") as f, Image.open(f) as im:
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def panoptic_targets(
@@ -105,7 +114,7 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         from panopticapi.utils import rgb2id
 
         file_name = dataset_dict["pan_seg_file_name"]
-        pan_ids = rgb2id(utils.read_image(file_name, "RGB").astype(np.int64))
+        pan_ids = rgb2id(read_panoptic_png(file_name).astype(np.int64))
         segments = dataset_dict["segments_info"]
         ids = np.array([s["id"] for s in segments], dtype=np.int64)
         classes = np.array([s["category_id"] for s in segments], dtype=np.int64)
