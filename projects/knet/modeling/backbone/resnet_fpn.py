@@ -117,7 +117,7 @@ def _build_deformable_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
 class KNetBasicStem(BasicStem):
     """detectron2's ``BasicStem`` (7x7/2 conv, ReLU, 3x3/2 max-pool) with the pool through
     :func:`knet.modeling.layers.max_pool2d`: the same output and gradient, about 3x faster on CPU, where
-    PyTorch's contiguous max-pool cost a training step of the synthetic quickstart 15 ms. No state of its own:
+    PyTorch's contiguous max-pool cost a training step of the synthetic quickstart 16 ms. No state of its own:
     weights and checkpoints are ``BasicStem``'s."""
 
     def forward(self, x):
