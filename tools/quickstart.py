@@ -18,7 +18,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18.yaml")
-# The same recipe in bfloat16 with 1.29x the iterations, for CPUs with AMX units (see the config's header).
+# The same recipe in bfloat16 with 1.39x the iterations, for CPUs with AMX units (see the config's header).
 BF16_CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18_bf16.yaml")
 # Targets of the quickstart on the synthetic validation split (issue 4).
 TARGETS = {"PQ": 60.0, "mask AP": 50.0, "mIoU": 80.0}
@@ -30,7 +30,7 @@ def parse_args():
                    help="training config (synthetic panoptic); default: chosen by --precision")
     p.add_argument("--precision", choices=("auto", "float32", "bf16"), default="auto",
                    help="without --config-file: knet_panoptic_R18.yaml (float32) or "
-                        "knet_panoptic_R18_bf16.yaml (bf16, 1,800 iterations); auto: bf16 where the CPU "
+                        "knet_panoptic_R18_bf16.yaml (bf16, 1,950 iterations); auto: bf16 where the CPU "
                         "has AMX units (amx_bf16); not with --config-file")
     p.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"), help="output folder")
     p.add_argument("--num-vis", type=int, default=6, help="validation images to render")
@@ -162,7 +162,7 @@ def main():
     auto = args.config_file is None and args.precision == "auto"
     args.config_file = choose_config(args.config_file, args.precision, auto and cpu_has_amx_bf16())
     print(f"[quickstart] config: {os.path.relpath(args.config_file, REPO)}"
-          + (" (this CPU has AMX units: bf16, 1.29x the iterations; --precision float32 to opt out)"
+          + (" (this CPU has AMX units: bf16, 1.39x the iterations; --precision float32 to opt out)"
              if auto and args.config_file == BF16_CONFIG else ""), flush=True)
     try:  # a wrong config fails here, in seconds, not after the dataset is generated
         cfg = load_config(args.config_file, args.opts)
