@@ -37,6 +37,7 @@ def _add_model_config(cfg):
     k.HARD_MASK_THRESHOLD = 0.5  # sigmoid threshold of the masks used for group feature assembling
     k.MASK_UPSAMPLE_STRIDE = 2  # stride-8 masks are upsampled by this factor for matching, losses, output
     k.CONV_KERNEL_SIZE = 1  # K of the dynamic K x K kernels (1 in every released config)
+    k.ZERO_INIT_RESIDUAL = False  # from-scratch ResNet: each residual block's last norm weight starts at 0
     # a process setting (knet.engine.allocator), applied by train_net.py and the demo on CPU; without it a
     # R-50 pass at 800x1216 takes 1.34x the time
     k.CPU_RETAIN_FREED_MEMORY = True  # CPU: glibc keeps freed memory for reuse, not paging in each tensor

@@ -132,6 +132,21 @@ def _use_knet_stem(bottom_up: ResNet) -> None:
         bottom_up.stem.__class__ = KNetBasicStem
 
 
+_LAST_CONV = {BasicBlock: "conv2", BottleneckBlock: "conv3", DeformBottleneckBlock: "conv3"}  # before the add
+
+
+def _zero_init_residual(bottom_up: ResNet) -> None:
+    """Set the weight of the last norm layer of every residual block to 0, so each block starts as the
+    identity (Goyal et al., "Accurate, Large Minibatch SGD", 2017, sec. 5.1; torchvision's ``resnet``
+    ``zero_init_residual``). For ResNets trained from scratch (``MODEL.KNET.ZERO_INIT_RESIDUAL``); frozen
+    norms are left alone."""
+    for block in bottom_up.modules():
+        last = _LAST_CONV.get(type(block))
+        norm = getattr(getattr(block, last, None), "norm", None) if last else None
+        if isinstance(norm, nn.BatchNorm2d | nn.GroupNorm) and norm.weight is not None:
+            nn.init.zeros_(norm.weight)
+
+
 def _drop_frozen_bn_counters(module: nn.Module) -> None:
     """Remove the ``num_batches_tracked`` counter from detectron2's ``FrozenBatchNorm2d`` layers.
 
@@ -185,7 +200,8 @@ def build_knet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """detectron2 ResNet (bottom_up) + FPN over ``MODEL.FPN.IN_FEATURES`` with **no** top block (outputs
     p2-p5 for res2-res5). With ``MODEL.RESNETS.NORM = "KNetFrozenStatsBN"`` the not-frozen stages use
     :class:`FrozenStatsBatchNorm2d`; any other value is passed to detectron2 unchanged. The FPN convs are
-    initialised xavier-uniform with zero bias (mmdet's FPN default)."""
+    initialised xavier-uniform with zero bias (mmdet's FPN default). ``MODEL.KNET.ZERO_INIT_RESIDUAL`` starts
+    every residual block of the ResNet as the identity (for training from scratch; off by default)."""
     frozen_stats = cfg.MODEL.RESNETS.NORM == FROZEN_STATS_BN
     if frozen_stats:
         cfg = cfg.clone()
@@ -197,6 +213,8 @@ def build_knet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     else:
         bottom_up = (_build_narrow_basic_resnet if narrow else build_resnet_backbone)(cfg, input_shape)
     _use_knet_stem(bottom_up)
+    if cfg.MODEL.KNET.ZERO_INIT_RESIDUAL:
+        _zero_init_residual(bottom_up)
     _drop_frozen_bn_counters(bottom_up)
     if frozen_stats:
         FrozenStatsBatchNorm2d.convert(bottom_up)

@@ -1,0 +1,51 @@
+"""``MODEL.KNET.ZERO_INIT_RESIDUAL``: the residual branches of ``build_knet_resnet_fpn_backbone``'s ResNet
+start at zero (for ResNets trained from scratch)."""
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+
+from knet.config import add_knet_config
+from knet.modeling.backbone.resnet_fpn import build_knet_resnet_fpn_backbone
+
+
+def _cfg(*opts, res2_channels=32):
+    cfg = get_cfg()
+    add_knet_config(cfg)
+    cfg.merge_from_file("configs/synthetic/knet_panoptic_R18.yaml")
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = res2_channels
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = min(res2_channels, 64)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def _last_norms(bottom_up):
+    blocks = [m for m in bottom_up.modules() if isinstance(m, (BasicBlock, BottleneckBlock))]
+    return [(b.conv2 if isinstance(b, BasicBlock) else b.conv3).norm for b in blocks]
+
+
+# (): the synthetic R-18 (the narrow builder, BasicBlocks); DEPTH 50: detectron2's builder (bottleneck blocks)
+@pytest.mark.parametrize("opts", [(), ("MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES2_OUT_CHANNELS", 256)])
+def test_zero_init_residual_zeroes_only_the_last_norm_of_each_block(opts):
+    torch.manual_seed(0)
+    plain = build_knet_resnet_fpn_backbone(
+        _cfg(*opts, "MODEL.KNET.ZERO_INIT_RESIDUAL", False), ShapeSpec(channels=3)
+    ).bottom_up
+    torch.manual_seed(0)
+    zero = build_knet_resnet_fpn_backbone(
+        _cfg(*opts, "MODEL.KNET.ZERO_INIT_RESIDUAL", True), ShapeSpec(channels=3)
+    ).bottom_up
+    last = {id(n) for n in _last_norms(zero)}
+    assert len(last) == (8 if not opts else 16)
+    for (name, p), (_, q) in zip(plain.named_parameters(), zero.named_parameters()):
+        module = zero.get_submodule(name.rsplit(".", 1)[0])
+        if id(module) in last and name.endswith("weight"):
+            assert torch.all(p == 1) and torch.all(q == 0), name
+        else:
+            assert torch.equal(p, q), name
+    # each block starts as its shortcut: a block whose shortcut is the identity returns relu(x)
+    block = zero.res2[1]
+    block.eval()
+    x = torch.randn(2, block.in_channels, 16, 16)
+    assert torch.equal(block(x), torch.relu(x))
