@@ -10,12 +10,10 @@ from knet.config import add_knet_config
 from knet.modeling.backbone.resnet_fpn import build_knet_resnet_fpn_backbone
 
 
-def _cfg(*opts, res2_channels=32):
+def _cfg(*opts):
     cfg = get_cfg()
     add_knet_config(cfg)
     cfg.merge_from_file("configs/synthetic/knet_panoptic_R18.yaml")
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = res2_channels
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = min(res2_channels, 64)
     cfg.merge_from_list(list(opts))
     return cfg
 

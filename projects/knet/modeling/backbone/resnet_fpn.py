@@ -141,10 +141,10 @@ def _zero_init_residual(bottom_up: ResNet) -> None:
     ``zero_init_residual``). For ResNets trained from scratch (``MODEL.KNET.ZERO_INIT_RESIDUAL``); frozen
     norms are left alone."""
     for block in bottom_up.modules():
-        last = _LAST_CONV.get(type(block))
-        norm = getattr(getattr(block, last, None), "norm", None) if last else None
-        if isinstance(norm, nn.BatchNorm2d | nn.GroupNorm) and norm.weight is not None:
-            nn.init.zeros_(norm.weight)
+        if type(block) in _LAST_CONV:
+            norm = getattr(block, _LAST_CONV[type(block)]).norm  # detectron2 Conv2d: None without a norm
+            if isinstance(norm, nn.BatchNorm2d | nn.GroupNorm) and norm.affine:
+                nn.init.zeros_(norm.weight)
 
 
 def _drop_frozen_bn_counters(module: nn.Module) -> None:
