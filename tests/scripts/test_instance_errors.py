@@ -67,6 +67,9 @@ def test_command_line_on_coco_files(tool, tmp_path, capsys):
              "iscrowd": 0, "bbox": [2, 2, 10, 10]},
             {"id": 2, "image_id": 1, "category_id": 2, "segmentation": _rle(medium), "area": 1600,
              "iscrowd": 0, "bbox": [20, 20, 40, 40]},
+            # a crowd region is left out: neither a thing to find nor one that the small prediction covers
+            {"id": 3, "image_id": 1, "category_id": 1, "segmentation": _rle(small), "area": 100,
+             "iscrowd": 1, "bbox": [2, 2, 10, 10]},
         ],
     }
     shifted = np.zeros((64, 64), bool)

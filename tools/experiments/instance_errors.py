@@ -58,7 +58,7 @@ def classify_image(gt_classes: Sequence[int], det_classes: Sequence[int], det_sc
     det_scores = np.asarray(det_scores, dtype=np.float64)
     ious = np.asarray(ious, dtype=np.float64).reshape(len(det_classes), len(gt_classes))
     found = np.zeros(len(gt_classes), dtype=bool)
-    covered = (ious >= 0.5).any(axis=0) if len(det_classes) else found.copy()
+    covered = (ious >= 0.5).any(axis=0)  # all False when there is no detection
     kinds: List[str] = []
     tp_ious: List[float] = []
     for d in np.argsort(-det_scores, kind="stable"):
@@ -148,6 +148,15 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        sys.exit(f"instance_errors: cannot read {path}: {e.strerror}. Pass --gt the dataset's COCO instances "
+                 "JSON and --pred OUTPUT_DIR/inference/coco_instances_results.json of an evaluated run.")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gt", required=True, help="COCO instances JSON of the evaluated split")
@@ -155,17 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--score", type=float, default=0.3, help="detections below this score are ignored")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = p.parse_args(argv)
-    for path in (args.gt, args.pred):
-        try:
-            open(path).close()
-        except OSError as e:
-            sys.exit(f"instance_errors: cannot read {path}: {e.strerror}. Pass --gt the dataset's COCO "
-                     "instances JSON and --pred OUTPUT_DIR/inference/coco_instances_results.json of an "
-                     "evaluated run.")
-    with open(args.gt) as f:
-        gt = json.load(f)
-    with open(args.pred) as f:
-        preds = json.load(f)
+    gt, preds = (_read_json(path) for path in (args.gt, args.pred))
     s = summarize(gt, preds, args.score)
     print(json.dumps(s) if args.json else format_summary(s))
     return 0
