@@ -81,6 +81,21 @@ def test_render_is_pure_and_sized():
             assert img[seg == k].std(axis=0).max() > 4.0
 
 
+def test_training_scenes_are_denser_than_validation_ones():
+    from knet.data.datasets.synthetic.render import THINGS_PER_IMAGE
+
+    assert THINGS_PER_IMAGE == {"train": (4, 10), "val": (1, 8)}
+
+    def thing_counts(split):
+        return [sum(s["isthing"] for s in render_synthetic_image(0, split, i, 96)[2]) for i in range(1, 30)]
+
+    train, val = thing_counts("train"), thing_counts("val")
+    # visible things: a drawn thing may be hidden by later ones, so a count can fall below the range's low end
+    assert max(train) <= 10 and max(val) <= 8
+    assert np.mean(train) > 1.4 * np.mean(val)
+    assert not any(s["isthing"] for s in render_synthetic_image(0, "train", 10, 96)[2])  # one image in ten
+
+
 def test_pq_of_ground_truth_against_itself_is_100(tiny_root):
     from panopticapi.evaluation import pq_compute
 

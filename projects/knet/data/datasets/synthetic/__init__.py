@@ -42,7 +42,9 @@ Semantics of the labels:
     hole shows the background; the three annotation files describe exactly the same pixels;
   * a thing whose visible part is smaller than ``min_visible_area`` pixels is "void" (panoptic id 0,
     semantic 255, absent from the instance JSON), so tiny slivers never become ground-truth instances;
-  * one image in ten (the images whose 0-based index is a multiple of 10) contains no thing at all.
+  * one image in ten (the images whose 0-based index is a multiple of 10) contains no thing at all; the others
+    hold 4-10 things in training and 1-8 in validation (``render.THINGS_PER_IMAGE``: denser training scenes
+    teach the thing classes in fewer iterations).
 
 The dataset is written atomically by :func:`ensure_synthetic_dataset`: it is generated into a temporary folder
 beside ``root``, ``COMPLETE.json`` (with the generator version, the seed, the sizes and the size and sha256 of

@@ -9,7 +9,9 @@ from typing import Dict, Sequence, Tuple, Union
 import numpy as np
 
 # Bump whenever the drawing or the file formats change: an existing dataset of another version is regenerated.
-GENERATOR_VERSION = 3  # 2: class-typical surface patterns on the things; 3: high-contrast, fixed-scale ones
+# 2: class-typical surface patterns on the things; 3: high-contrast, fixed-scale ones; 4: denser training
+# scenes (4-10 things instead of 1-8; the validation images are unchanged).
+GENERATOR_VERSION = 4
 # Written into the completion marker (the generator's historical module name; part of the dataset's bytes).
 GENERATOR_NAME = "knet.data.datasets.synthetic"
 MARKER_NAME = "COMPLETE.json"

@@ -9,9 +9,13 @@ from .layout import DEFAULT_IMAGE_SIZE, normalize_size
 from .shapes import draw_thing
 from .textures import STUFF_TEXTURES, smooth_noise
 
-__all__ = ["render_synthetic_image"]
+__all__ = ["THINGS_PER_IMAGE", "render_synthetic_image"]
 
 _SPLIT_CODE = {"train": 0, "val": 1}
+# How many things an image holds (inclusive range; one image in ten holds none). Training scenes are denser
+# than validation ones: more labelled things per training image teach the thing classes in fewer iterations
+# (docs/quickstart_experiments.md rows 86-87), while the validation images stay those of generator version 3.
+THINGS_PER_IMAGE = {"train": (4, 10), "val": (1, 8)}
 
 
 def render_synthetic_image(
@@ -59,8 +63,9 @@ def render_synthetic_image(
             segments.append({"category_id": NUM_THING_CLASSES + int(cls), "isthing": False})
             segment_map[sel] = len(segments)
 
-    # Things: none in one image out of ten, otherwise 1..8, later ones drawn on top.
-    n_things = 0 if index % 10 == 0 else int(rng.integers(1, 9))
+    # Things: none in one image out of ten, otherwise THINGS_PER_IMAGE[split], later ones drawn on top.
+    low, high = THINGS_PER_IMAGE[split]
+    n_things = 0 if index % 10 == 0 else int(rng.integers(low, high + 1))
     for _ in range(n_things):
         cls = int(rng.integers(0, NUM_THING_CLASSES))
         mask, box, tex = draw_thing(rng, cls, h, w)
