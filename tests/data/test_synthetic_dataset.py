@@ -81,10 +81,8 @@ def test_render_is_pure_and_sized():
             assert img[seg == k].std(axis=0).max() > 4.0
 
 
-def test_training_scenes_are_denser_than_validation_ones():
-    from knet.data.datasets.synthetic.render import THINGS_PER_IMAGE
-
-    assert THINGS_PER_IMAGE == {"train": (4, 10), "val": (1, 8)}
+def test_training_scenes_are_denser_than_validation_ones(monkeypatch):
+    from knet.data.datasets.synthetic import render
 
     def thing_counts(split):
         return [sum(s["isthing"] for s in render_synthetic_image(0, split, i, 96)[2]) for i in range(1, 30)]
@@ -94,6 +92,12 @@ def test_training_scenes_are_denser_than_validation_ones():
     assert max(train) <= 10 and max(val) <= 8
     assert np.mean(train) > 1.4 * np.mean(val)
     assert not any(s["isthing"] for s in render_synthetic_image(0, "train", 10, 96)[2])  # one image in ten
+    # the validation images do not depend on the training density (they stay those of generator version 3)
+    val_image = render_synthetic_image(0, "val", 3, 96)[0]
+    train_image = render_synthetic_image(0, "train", 3, 96)[0]
+    monkeypatch.setitem(render.THINGS_PER_IMAGE, "train", (1, 8))
+    assert np.array_equal(render_synthetic_image(0, "val", 3, 96)[0], val_image)
+    assert not np.array_equal(render_synthetic_image(0, "train", 3, 96)[0], train_image)
 
 
 def test_pq_of_ground_truth_against_itself_is_100(tiny_root):
