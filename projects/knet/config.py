@@ -120,6 +120,7 @@ def _add_data_config(cfg):
     cfg.INPUT.IMAGE_SIZE = 1024  # large-scale-jitter mappers: output crop size
     cfg.INPUT.MIN_SCALE = 0.1  # large-scale-jitter mappers: smallest scale
     cfg.INPUT.MAX_SCALE = 2.0  # large-scale-jitter mappers: largest scale
+    cfg.INPUT.COPY_PASTE_PROB = 0.0  # panoptic mappers: chance a training image gets another's things; 0: off
     # knet_semantic mapper: the mmseg ADE20K recipe (resize by a random ratio, crop, flip, photometric, pad)
     cfg.INPUT.SEMANTIC = CN()
     cfg.INPUT.SEMANTIC.SCALE = (2048, 512)  # (long, short) edge limits of the resize, before the ratio

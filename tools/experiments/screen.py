@@ -31,6 +31,7 @@ OTHER = (
     os.path.join(REPO, "tools", "experiments", "train_other.py"),
     ["DATASETS.TRAIN", "('knet_other_panoptic_train',)", "DATASETS.TEST", "('knet_other_panoptic_val',)",
      "MODEL.KNET.NUM_CLASSES", "7", "MODEL.KNET.NUM_THING_CLASSES", "4",
+     "MODEL.KNET.NUM_PROPOSALS", "12",  # twice the most things an image holds (6), as README advises
      "MODEL.KNET.TEST.SEMANTIC_ON", "False"],
 )
 METRICS = {  # column -> (task, key) in train_net.py's last_eval_results.json

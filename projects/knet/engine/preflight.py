@@ -14,6 +14,11 @@ def _uses_crop(mapper_class) -> bool:
     return getattr(mapper_class, "USES_INPUT_CROP", True)
 
 
+def _pastes(mapper_class) -> bool:
+    """Whether a mapper applies ``INPUT.COPY_PASTE_PROB`` (its ``USES_COPY_PASTE``: the panoptic mappers)."""
+    return getattr(mapper_class, "USES_COPY_PASTE", False)
+
+
 def preflight(cfg: CfgNode, *, eval_only: bool = False) -> None:
     """Check that ``INPUT.DATASET_MAPPER_NAME`` names a registered mapper (that uses ``INPUT.CROP`` if it is
     enabled), then every dataset the run uses
@@ -23,7 +28,8 @@ def preflight(cfg: CfgNode, *, eval_only: bool = False) -> None:
 
     Raises:
         KNetConfigError: the mapper name is unknown (the message lists the registered ones), or
-            ``INPUT.CROP.ENABLED`` is set for a mapper that does not apply it (training only).
+            ``INPUT.CROP.ENABLED`` is set for a mapper that does not apply it (training only), or
+            ``INPUT.COPY_PASTE_PROB`` is outside [0, 1] or above 0 for a mapper that does not paste.
         knet.data.metadata.DatasetMetadataError: a dataset is not registered or its metadata does not fit.
     """
     name = cfg.INPUT.DATASET_MAPPER_NAME
@@ -39,5 +45,18 @@ def preflight(cfg: CfgNode, *, eval_only: bool = False) -> None:
             f"INPUT.CROP.ENABLED is True, but the mapper INPUT.DATASET_MAPPER_NAME = '{name}' does not use "
             f"INPUT.CROP (it would be ignored): set INPUT.CROP.ENABLED False, or choose a mapper that crops "
             f"with it: {users}."
+        )
+    prob = cfg.INPUT.COPY_PASTE_PROB
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
+        raise KNetConfigError(
+            f"INPUT.COPY_PASTE_PROB must be a number in [0, 1] (the chance that a training image receives "
+            f"things pasted from another; 0 turns copy-paste off), got {prob!r}."
+        )
+    if not eval_only and prob > 0 and not _pastes(KNET_MAPPER_REGISTRY.get(name)):
+        users = ", ".join(sorted(k for k, m in KNET_MAPPER_REGISTRY if _pastes(m)))
+        raise KNetConfigError(
+            f"INPUT.COPY_PASTE_PROB is {prob:g}, but the mapper INPUT.DATASET_MAPPER_NAME = '{name}' does "
+            f"not paste (it would be ignored): set INPUT.COPY_PASTE_PROB 0, or choose a panoptic mapper: "
+            f"{users}."
         )
     check_dataset_metadata(cfg, train=not eval_only, strict=True)

@@ -271,7 +271,8 @@ def build_knet_train_loader(cfg, mapper, start_iter: int = 0, seed: Optional[int
 
     Args:
         cfg: reads ``DATASETS.TRAIN``, ``DATALOADER.*``, ``SOLVER.IMS_PER_BATCH`` and ``SEED``.
-        mapper: the training mapper (callable on one dataset dict).
+        mapper: the training mapper (callable on one dataset dict); one with ``set_paste_pool`` (copy-paste)
+            receives the training records as its pool of sources.
         start_iter: first iteration the loader feeds (the position ``start_iter * IMS_PER_BATCH`` of the
             global stream).
         seed: overrides the seed; by default ``cfg.SEED`` when >= 0, else a random seed shared by all ranks.
@@ -295,6 +296,9 @@ def build_knet_train_loader(cfg, mapper, start_iter: int = 0, seed: Optional[int
         from ..data.datasets.filters import filter_panoptic_images_without_things
 
         dicts = filter_panoptic_images_without_things(dicts)
+    set_pool = getattr(mapper, "set_paste_pool", None)
+    if set_pool is not None:  # copy-paste draws its sources from the same (filtered) records
+        set_pool(dicts)
     if seed is None:
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     sampler = KNetResumableTrainingSampler(

@@ -32,7 +32,7 @@ class KNetDatasetMapperBase:
     ``from_config``).
 
     ``USES_INPUT_CROP``: whether the mapper applies ``INPUT.CROP`` (the pre-flight refuses ``CROP.ENABLED``
-    with a mapper that would silently ignore it).
+    with a mapper that would silently ignore it); ``USES_COPY_PASTE``: the same for ``INPUT.COPY_PASTE_PROB``.
 
     Subclasses call ``super().__init__(...)`` from their ``__init__`` and implement :meth:`map_train`; calling
     the mapper runs :func:`~.utils.map_test_image` at test time, else copies the record, reads the image in
@@ -40,6 +40,7 @@ class KNetDatasetMapperBase:
     """
 
     USES_INPUT_CROP = False
+    USES_COPY_PASTE = False
 
     def __init__(self, is_train: bool, *, augmentations: List, image_format: str,
                  pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):

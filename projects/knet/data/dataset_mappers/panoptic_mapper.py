@@ -4,22 +4,30 @@ map.
 The recipe of the official K-Net panoptic configs (ZwwWayne/K-Net
 ``configs/det/_base_/datasets/coco_panoptic.py`` and ``..._mstrain_3x``): resize the shortest edge
 (``INPUT.MIN_SIZE_TRAIN``/``MAX_SIZE_TRAIN``/``MIN_SIZE_TRAIN_SAMPLING``) and flip (``INPUT.RANDOM_FLIP``).
+
+Optionally (``INPUT.COPY_PASTE_PROB``) things of another training image are pasted onto the image
+(:mod:`.copy_paste`).
 """
-from typing import List, Optional, Tuple
+import logging
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
 from detectron2.structures import Instances
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
 from ..metadata import check_dataset_metadata
 from .base import KNetDatasetMapperBase, build_resize_augmentation
+from .copy_paste import choose_things_to_paste, paste_segments
 from .registry import KNET_MAPPER_REGISTRY
 from .utils import LabelAugInput, check_class_ids, image_to_tensor, pad_to_size
 
 __all__ = ["KNetPanopticDatasetMapper", "panoptic_targets", "read_panoptic_png"]
+
+logger = logging.getLogger(__name__)
 
 
 def read_panoptic_png(file_name: str) -> np.ndarray:
@@ -64,6 +72,8 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
          segment-index map (0 = void);
       2. augment image and index map together (nearest neighbour for the map, exact for any number of
          segments): ``INPUT.CROP`` if enabled, resize, flip (:func:`~.base.build_resize_augmentation`);
+         with probability ``copy_paste_prob``, paste things of another record of the pool
+         (:meth:`set_paste_pool`), itself augmented the same way (:mod:`.copy_paste`);
       3. optionally pad both to a fixed size (large-scale-jitter subclass);
       4. ``instances``: one mask per non-crowd segment present, things and stuff, ``gt_classes`` contiguous
          (things ``0..T-1``, stuff ``T..C-1``); ``sem_seg``: int64, void and crowd pixels = ``ignore_label``.
@@ -72,6 +82,7 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
     """
 
     USES_INPUT_CROP = True
+    USES_COPY_PASTE = True
     REQUIRED_METADATA = (
         "thing_dataset_id_to_contiguous_id",
         "stuff_dataset_id_to_contiguous_id",
@@ -80,14 +91,23 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
 
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str = "RGB",
-                 ignore_label: int = 255, pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):
+                 ignore_label: int = 255, pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0,
+                 copy_paste_prob: float = 0.0, num_thing_classes: int = 0):
         """
         Args:
             ignore_label: semantic value of void and crowd pixels.
+            copy_paste_prob: probability that a training image receives things pasted from another record
+                of the pool (``INPUT.COPY_PASTE_PROB``; 0: off, no random draw is made).
+            num_thing_classes: things are the contiguous ids below it (only things are pasted).
             The others: see :class:`~.base.KNetDatasetMapperBase` (the augmentations apply to the image and
             the segment map).
         """
+        if not 0.0 <= float(copy_paste_prob) <= 1.0:
+            raise ValueError(f"INPUT.COPY_PASTE_PROB must be in [0, 1], got {copy_paste_prob!r}.")
         self.ignore_label = ignore_label
+        self.copy_paste_prob = float(copy_paste_prob)
+        self.num_thing_classes = int(num_thing_classes)
+        self._paste_pool: Sequence[dict] = ()
         super().__init__(is_train, augmentations=augmentations, image_format=image_format, pad_size=pad_size,
                          image_pad_value=image_pad_value)
 
@@ -107,7 +127,13 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         if is_train:
             metas = cls._check_train_metadata(cfg)
             ret["ignore_label"] = metas[0].ignore_label
+            ret["copy_paste_prob"] = cfg.INPUT.COPY_PASTE_PROB
+            ret["num_thing_classes"] = len(metas[0].thing_dataset_id_to_contiguous_id)
         return ret
+
+    def set_paste_pool(self, records: Sequence[dict]) -> None:
+        """The records copy-paste draws its sources from (the training loader passes its own list)."""
+        self._paste_pool = records
 
     def _read_segments(self, dataset_dict):
         """Panoptic PNG -> (segment index map, classes, crowd flags)."""
@@ -139,6 +165,27 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
             index = index.astype(np.uint8)
         return index, classes, crowd
 
+    def _paste_from_pool(self, image, index, classes, crowd):
+        """Paste things of a random record of the pool (read and augmented like the target). A source whose
+        files cannot be read is named in a warning and the target keeps its own segments (the source is
+        reported again, and skipped, when it comes up as a target)."""
+        source = self._paste_pool[np.random.randint(len(self._paste_pool))]
+        try:
+            src_image = utils.read_image(source["file_name"], format=self.image_format)
+            src_index, src_classes, src_crowd = self._read_segments(source)
+            if src_index.shape != src_image.shape[:2]:
+                raise ValueError(f"its panoptic PNG is {src_index.shape}, the image {src_image.shape[:2]}")
+        except (OSError, ValueError, KeyError) as e:
+            logger.warning(f"Copy-paste: cannot use {source.get('file_name')} as a source ({e}); this "
+                           f"training sample gets no pasted things.")
+            return image, index, classes, crowd
+        aug_input = LabelAugInput(src_image, sem_seg=src_index)
+        self.augmentations(aug_input)
+        chosen = choose_things_to_paste(aug_input.sem_seg, src_classes, src_crowd, self.num_thing_classes,
+                                        np.random)
+        return paste_segments(image, index, classes, crowd, aug_input.image, aug_input.sem_seg, src_classes,
+                              chosen)
+
     def map_train(self, dataset_dict, image):
         if "pan_seg_file_name" not in dataset_dict or "segments_info" not in dataset_dict:
             raise ValueError(
@@ -153,6 +200,9 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         aug_input = LabelAugInput(image, sem_seg=index)
         self.augmentations(aug_input)
         image, index = aug_input.image, aug_input.sem_seg
+        pool = self._paste_pool
+        if self.copy_paste_prob > 0 and len(pool) and np.random.random_sample() < self.copy_paste_prob:
+            image, index, classes, crowd = self._paste_from_pool(image, index, classes, crowd)
         if self.pad_size is not None:
             image = pad_to_size(image, self.pad_size, self.image_pad_value)
             index = pad_to_size(index, self.pad_size, 0)
