@@ -172,21 +172,17 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         source = self._paste_pool[np.random.randint(len(self._paste_pool))]
         try:
             src_image = utils.read_image(source["file_name"], format=self.image_format)
-            src_index, src_classes, src_crowd = self._read_segments(source)
-            if src_index.shape != src_image.shape[:2]:
-                raise ValueError(f"its panoptic PNG is {src_index.shape}, the image {src_image.shape[:2]}")
+            src_image, src_index, src_classes, src_crowd = self._augmented_segments(source, src_image)
         except (OSError, ValueError, KeyError) as e:
             logger.warning(f"Copy-paste: cannot use {source.get('file_name')} as a source ({e}); this "
                            f"training sample gets no pasted things.")
             return image, index, classes, crowd
-        aug_input = LabelAugInput(src_image, sem_seg=src_index)
-        self.augmentations(aug_input)
-        chosen = choose_things_to_paste(aug_input.sem_seg, src_classes, src_crowd, self.num_thing_classes,
-                                        np.random)
-        return paste_segments(image, index, classes, crowd, aug_input.image, aug_input.sem_seg, src_classes,
-                              chosen)
+        chosen = choose_things_to_paste(src_index, src_classes, src_crowd, self.num_thing_classes, np.random)
+        return paste_segments(image, index, classes, crowd, src_image, src_index, src_classes, chosen)
 
-    def map_train(self, dataset_dict, image):
+    def _augmented_segments(self, dataset_dict, image):
+        """Read the record's segments, check them against its image (H, W, C) and augment both together:
+        ``(image, segment-index map, classes, crowd flags)``."""
         if "pan_seg_file_name" not in dataset_dict or "segments_info" not in dataset_dict:
             raise ValueError(
                 f"Record of {dataset_dict['file_name']} has no 'pan_seg_file_name'/'segments_info': "
@@ -196,10 +192,12 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         if index.shape != image.shape[:2]:
             raise ValueError(f"Panoptic PNG {dataset_dict['pan_seg_file_name']} is {index.shape}, its image "
                              f"{image.shape[:2]}")
-
         aug_input = LabelAugInput(image, sem_seg=index)
         self.augmentations(aug_input)
-        image, index = aug_input.image, aug_input.sem_seg
+        return aug_input.image, aug_input.sem_seg, classes, crowd
+
+    def map_train(self, dataset_dict, image):
+        image, index, classes, crowd = self._augmented_segments(dataset_dict, image)
         pool = self._paste_pool
         if self.copy_paste_prob > 0 and len(pool) and np.random.random_sample() < self.copy_paste_prob:
             image, index, classes, crowd = self._paste_from_pool(image, index, classes, crowd)
