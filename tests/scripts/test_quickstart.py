@@ -59,8 +59,8 @@ def test_bf16_recipe_is_the_float32_one_with_bf16_and_more_iterations():
     fp32 = load_config(CONFIG, [])
     bf16 = load_config(load_script("tools/quickstart.py").BF16_CONFIG, [])
     assert not fp32.SOLVER.AMP.ENABLED and bf16.SOLVER.AMP.ENABLED
-    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1400, (1120, 1330))
-    assert (bf16.SOLVER.MAX_ITER, tuple(bf16.SOLVER.STEPS)) == (1950, (1560, 1852))
+    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1250, (1000, 1188))
+    assert (bf16.SOLVER.MAX_ITER, tuple(bf16.SOLVER.STEPS)) == (1750, (1400, 1662))
     for cfg in (fp32, bf16):  # x0.1 at 80 % and 95 % of the run
         n = cfg.SOLVER.MAX_ITER
         assert tuple(cfg.SOLVER.STEPS) == (round(0.8 * n), round(0.95 * n))

@@ -29,7 +29,8 @@ def preflight(cfg: CfgNode, *, eval_only: bool = False) -> None:
     Raises:
         KNetConfigError: the mapper name is unknown (the message lists the registered ones), or
             ``INPUT.CROP.ENABLED`` is set for a mapper that does not apply it (training only), or
-            ``INPUT.COPY_PASTE_PROB`` is outside [0, 1] or above 0 for a mapper that does not paste.
+            ``INPUT.COPY_PASTE_PROB`` is outside [0, 1] or above 0 for a mapper that does not paste, or
+            ``DATALOADER.DECODED_CACHE_MB`` is not a number >= 0.
         knet.data.metadata.DatasetMetadataError: a dataset is not registered or its metadata does not fit.
     """
     name = cfg.INPUT.DATASET_MAPPER_NAME
@@ -51,6 +52,12 @@ def preflight(cfg: CfgNode, *, eval_only: bool = False) -> None:
         raise KNetConfigError(
             f"INPUT.COPY_PASTE_PROB must be a number in [0, 1] (the chance that a training image receives "
             f"things pasted from another; 0 turns copy-paste off), got {prob!r}."
+        )
+    cache_mb = cfg.DATALOADER.DECODED_CACHE_MB
+    if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)) or cache_mb < 0:
+        raise KNetConfigError(
+            f"DATALOADER.DECODED_CACHE_MB must be a number >= 0 (megabytes of decoded training images kept "
+            f"in memory by each data-loader process; 0 turns the cache off), got {cache_mb!r}."
         )
     if not eval_only and prob > 0 and not _pastes(KNET_MAPPER_REGISTRY.get(name)):
         users = ", ".join(sorted(k for k, m in KNET_MAPPER_REGISTRY if _pastes(m)))

@@ -8,6 +8,7 @@ import numpy as np
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .decoded_cache import DecodedCache
 from .utils import map_test_image
 
 __all__ = ["KNetDatasetMapperBase", "build_resize_augmentation"]
@@ -43,7 +44,8 @@ class KNetDatasetMapperBase:
     USES_COPY_PASTE = False
 
     def __init__(self, is_train: bool, *, augmentations: List, image_format: str,
-                 pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):
+                 pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0,
+                 decoded_cache_mb: float = 0.0):
         """
         Args:
             is_train: training (targets) or test mode (image only).
@@ -51,8 +53,11 @@ class KNetDatasetMapperBase:
             image_format: ``INPUT.FORMAT``.
             pad_size: (h, w) to pad the training outputs to after augmentation (None: no padding).
             image_pad_value: image padding value (scalar or per channel).
+            decoded_cache_mb: MB of decoded training files kept in memory (``DATALOADER.DECODED_CACHE_MB``,
+                :class:`~.decoded_cache.DecodedCache`; 0: off).
         """
         self.is_train = is_train
+        self.decoded_cache = DecodedCache(decoded_cache_mb)
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.pad_size = tuple(pad_size) if pad_size is not None else None
@@ -64,16 +69,24 @@ class KNetDatasetMapperBase:
 
     @staticmethod
     def common_config(cfg, is_train: bool) -> Dict:
-        """The ``from_config`` arguments every mapper reads the same way (``INPUT.FORMAT``)."""
-        return {"is_train": is_train, "image_format": cfg.INPUT.FORMAT}
+        """The ``from_config`` arguments every mapper reads the same way (``INPUT.FORMAT``; in training
+        ``DATALOADER.DECODED_CACHE_MB``)."""
+        cache_mb = cfg.DATALOADER.DECODED_CACHE_MB if is_train else 0.0
+        return {"is_train": is_train, "image_format": cfg.INPUT.FORMAT, "decoded_cache_mb": cache_mb}
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         if not self.is_train:
             return map_test_image(dataset_dict, self.augmentations, self.image_format)
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = self.read_image(dataset_dict["file_name"])
         utils.check_image_size(dataset_dict, image)
         return self.map_train(dataset_dict, image)
+
+    def read_image(self, file_name: str) -> np.ndarray:
+        """A training image (H, W, C) in ``image_format`` (``detectron2.data.detection_utils.read_image``),
+        through the decoded cache (read-only when it comes from there)."""
+        return self.decoded_cache.get(("image", file_name, self.image_format),
+                                      lambda: utils.read_image(file_name, format=self.image_format))
 
     def map_train(self, dataset_dict: Dict, image: np.ndarray) -> Dict:
         """Training targets of one record (a private copy) whose image (H, W, C) uint8 is already read."""

@@ -49,10 +49,11 @@ class KNetInstanceDatasetMapper(KNetDatasetMapperBase):
 
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str = "RGB",
-                 pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0):
+                 pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0,
+                 decoded_cache_mb: float = 0.0):
         """See :class:`~.base.KNetDatasetMapperBase` for the arguments."""
         super().__init__(is_train, augmentations=augmentations, image_format=image_format, pad_size=pad_size,
-                         image_pad_value=image_pad_value)
+                         image_pad_value=image_pad_value, decoded_cache_mb=decoded_cache_mb)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):

@@ -14,7 +14,6 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.structures import Instances
 from detectron2.utils.file_io import PathManager
 from PIL import Image
@@ -92,7 +91,7 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str = "RGB",
                  ignore_label: int = 255, pad_size: Optional[Tuple[int, int]] = None, image_pad_value=0,
-                 copy_paste_prob: float = 0.0, num_thing_classes: int = 0):
+                 copy_paste_prob: float = 0.0, num_thing_classes: int = 0, decoded_cache_mb: float = 0.0):
         """
         Args:
             ignore_label: semantic value of void and crowd pixels.
@@ -109,7 +108,7 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         self.num_thing_classes = int(num_thing_classes)
         self._paste_pool: Sequence[dict] = ()
         super().__init__(is_train, augmentations=augmentations, image_format=image_format, pad_size=pad_size,
-                         image_pad_value=image_pad_value)
+                         image_pad_value=image_pad_value, decoded_cache_mb=decoded_cache_mb)
 
     @classmethod
     def _check_train_metadata(cls, cfg):
@@ -136,7 +135,15 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         self._paste_pool = records
 
     def _read_segments(self, dataset_dict):
-        """Panoptic PNG -> (segment index map, classes, crowd flags)."""
+        """Panoptic PNG -> (segment index map, classes, crowd flags), through the decoded cache (read-only
+        when they come from there)."""
+        segments = dataset_dict["segments_info"]
+        key = ("segments", dataset_dict["pan_seg_file_name"],
+               tuple((s["id"], s["category_id"], bool(s.get("iscrowd", 0))) for s in segments))
+        return self.decoded_cache.get(key, lambda: self._decode_segments(dataset_dict))
+
+    @staticmethod
+    def _decode_segments(dataset_dict):
         from panopticapi.utils import rgb2id
 
         file_name = dataset_dict["pan_seg_file_name"]
@@ -171,7 +178,7 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         reported again, and skipped, when it comes up as a target)."""
         source = self._paste_pool[np.random.randint(len(self._paste_pool))]
         try:
-            src_image = utils.read_image(source["file_name"], format=self.image_format)
+            src_image = self.read_image(source["file_name"])
             src_image, src_index, src_classes, src_crowd = self._augmented_segments(source, src_image)
         except (OSError, ValueError, KeyError) as e:
             logger.warning(f"Copy-paste: cannot use {source.get('file_name')} as a source ({e}); this "

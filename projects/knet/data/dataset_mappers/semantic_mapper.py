@@ -64,7 +64,7 @@ class KNetSemanticDatasetMapper(KNetDatasetMapperBase):
 
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: List, image_format: str = "RGB",
-                 ignore_label: int = 255, num_classes: Optional[int] = None):
+                 ignore_label: int = 255, num_classes: Optional[int] = None, decoded_cache_mb: float = 0.0):
         """
         Args:
             ignore_label: the label value to ignore (also the model's label padding).
@@ -74,7 +74,8 @@ class KNetSemanticDatasetMapper(KNetDatasetMapperBase):
         """
         self.ignore_label = ignore_label
         self.num_classes = num_classes
-        super().__init__(is_train, augmentations=augmentations, image_format=image_format)
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format,
+                         decoded_cache_mb=decoded_cache_mb)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):

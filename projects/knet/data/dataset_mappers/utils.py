@@ -168,8 +168,10 @@ def pad_to_size(array: np.ndarray, size: Tuple[int, int], value) -> np.ndarray:
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, C) uint8 -> contiguous (C, H, W) uint8 tensor."""
-    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    """(H, W, C) uint8 -> contiguous (C, H, W) uint8 tensor (of its own memory when ``image`` is read-only,
+    e.g. a view of :class:`~.decoded_cache.DecodedCache`'s)."""
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    return torch.as_tensor(chw if chw.flags.writeable else chw.copy())
 
 
 def map_test_image(dataset_dict: Dict, augmentations: T.AugmentationList, image_format: str) -> Dict:

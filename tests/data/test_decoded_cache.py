@@ -1,0 +1,167 @@
+"""The decoded-file cache of the training mappers (``DATALOADER.DECODED_CACHE_MB``): its bound and eviction,
+and mappers that give the same samples with it as without it while decoding each file once."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from support.toy import solver_cfg
+
+import knet  # noqa: F401
+from knet import add_knet_config
+from knet.data.dataset_mappers import build_mapper
+from knet.data.dataset_mappers import base as base_module
+from knet.data.dataset_mappers import panoptic_mapper as panoptic_module
+from knet.data.dataset_mappers.decoded_cache import DecodedCache
+from knet.data.datasets import ensure_synthetic_dataset, register_knet_synthetic
+from knet.engine import KNetConfigError, preflight
+
+PREFIX = "knet_synthetic_cachetest"
+MB = 2**20
+
+
+@pytest.fixture(scope="module")
+def names(tmp_path_factory):
+    root = ensure_synthetic_dataset(str(tmp_path_factory.mktemp("cache") / "knet_synthetic"), seed=3,
+                                    num_train=5, num_val=1, image_size=64)
+    register_knet_synthetic(root, prefix=PREFIX)
+    return {t: f"{PREFIX}_{t}_train" for t in ("panoptic", "instance", "sem_seg")}
+
+
+def make_cfg(mapper, dataset):
+    cfg = get_cfg()
+    add_knet_config(cfg)
+    cfg.MODEL.KNET.NUM_CLASSES, cfg.MODEL.KNET.NUM_THING_CLASSES = 11, 6
+    cfg.INPUT.DATASET_MAPPER_NAME, cfg.DATASETS.TRAIN = mapper, (dataset,)
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.IMAGE_SIZE = (48,), 48, 48
+    cfg.INPUT.SEMANTIC.SCALE, cfg.INPUT.SEMANTIC.CROP_SIZE = (128, 48), (40, 40)
+    return cfg
+
+
+def _loader(log, key, nbytes=MB):
+    def load():
+        log.append(key)
+        return np.zeros(nbytes, np.uint8), key
+    return load
+
+
+def test_cache_is_bounded_least_recently_used_and_read_only():
+    cache, log = DecodedCache(2.5), []
+    a = cache.get("a", _loader(log, "a"))
+    assert cache.get("a", _loader(log, "a")) is a and log == ["a"]  # a hit: the same (read-only) value
+    assert not a[0].flags.writeable and a[1] == "a"
+    with pytest.raises(ValueError):
+        a[0][0] = 1
+    cache.get("b", _loader(log, "b"))
+    cache.get("a", _loader(log, "a"))  # "a" is now the most recently used
+    cache.get("c", _loader(log, "c"))  # 3 MB > 2.5 MB: "b" goes
+    assert len(cache) == 2 and cache.nbytes == 2 * MB and log == ["a", "b", "c"]
+    cache.get("a", _loader(log, "a"))
+    cache.get("b", _loader(log, "b"))
+    assert log == ["a", "b", "c", "b"] and (cache.hits, cache.misses) == (3, 4)
+    big = cache.get("big", _loader(log, "big", 3 * MB))  # larger than the whole cache: returned, not kept
+    assert big[0].flags.writeable and "big" not in cache._items and cache.nbytes == 2 * MB
+
+
+def test_cache_off_loads_every_time_and_keeps_nothing_of_a_failed_load():
+    off, log = DecodedCache(0), []
+    for _ in range(3):
+        assert off.get("a", _loader(log, "a"))[0].flags.writeable
+    assert log == ["a"] * 3 and len(off) == 0
+
+    def broken():
+        raise OSError("cannot read x.png")
+    on = DecodedCache(1)
+    for _ in range(2):
+        with pytest.raises(OSError, match="x.png"):
+            on.get("x", broken)
+    assert len(on) == 0 and on.misses == 2
+    for bad in (-1, "64", True):
+        with pytest.raises(ValueError, match="DATALOADER.DECODED_CACHE_MB"):
+            DecodedCache(bad)
+
+
+def _count_decodes(monkeypatch):
+    """Count the files the mappers decode (images through detectron2's reader, panoptic PNGs)."""
+    counts = {"image": 0, "panoptic": 0}
+    read_image, read_png = base_module.utils.read_image, panoptic_module.read_panoptic_png
+
+    def counted_image(*args, **kwargs):
+        counts["image"] += 1
+        return read_image(*args, **kwargs)
+
+    def counted_png(*args, **kwargs):
+        counts["panoptic"] += 1
+        return read_png(*args, **kwargs)
+    monkeypatch.setattr(base_module.utils, "read_image", counted_image)
+    monkeypatch.setattr(panoptic_module, "read_panoptic_png", counted_png)
+    return counts
+
+
+def _epochs(mapper, records, epochs=2):
+    out = []
+    for epoch in range(epochs):
+        for i, record in enumerate(records):
+            np.random.seed(100 * epoch + i)
+            torch.manual_seed(100 * epoch + i)
+            out.append(mapper(copy.deepcopy(record)))
+    return out
+
+
+def _same_samples(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x["image"], y["image"])
+        for key in ("sem_seg",):
+            if key in x:
+                assert torch.equal(x[key], y[key])
+        if "instances" in x:
+            assert torch.equal(x["instances"].gt_classes, y["instances"].gt_classes)
+            assert torch.equal(x["instances"].gt_masks, y["instances"].gt_masks)
+
+
+@pytest.mark.parametrize("mapper_name,task", [
+    ("knet_panoptic", "panoptic"), ("knet_panoptic_lsj", "panoptic"), ("knet_instance", "instance"),
+    ("knet_semantic", "sem_seg")])
+def test_mappers_give_the_same_samples_with_the_cache_and_decode_each_file_once(
+        names, mapper_name, task, monkeypatch):
+    cfg = make_cfg(mapper_name, names[task])
+    cfg.INPUT.RANDOM_FLIP = "horizontal"
+    if mapper_name.startswith("knet_panoptic"):
+        cfg.INPUT.COPY_PASTE_PROB = 1.0  # every sample also reads a second record
+    records = DatasetCatalog.get(names[task])
+    mappers = {}
+    for mb in (0, 64):
+        cfg.DATALOADER.DECODED_CACHE_MB = mb
+        mappers[mb] = build_mapper(cfg, True)
+        assert mappers[mb].decoded_cache.max_bytes == mb * MB
+        if hasattr(mappers[mb], "set_paste_pool"):
+            mappers[mb].set_paste_pool(records)
+    assert build_mapper(cfg, False).decoded_cache.max_bytes == 0  # evaluation reads through
+    counts = _count_decodes(monkeypatch)
+    plain = _epochs(mappers[0], records)
+    uncached = dict(counts)
+    cached = _epochs(mappers[64], records)
+    _same_samples(plain, cached)
+    decoded = {k: counts[k] - uncached[k] for k in counts}
+    # without the cache every sample decodes its image (and a paste source's); with it, each file once
+    assert decoded["image"] == len(records) < uncached["image"]
+    if task == "panoptic":
+        assert uncached["image"] == uncached["panoptic"] == 2 * 2 * len(records)
+        assert decoded["panoptic"] == len(records)
+    assert len(mappers[64].decoded_cache) == len(records) * (2 if task == "panoptic" else 1)
+    _same_samples(plain, _epochs(mappers[64], records))  # and no sample wrote into a cached array
+
+
+def test_preflight_rejects_a_bad_cache_size(names):
+    cfg = solver_cfg()
+    cfg.MODEL.KNET.NUM_CLASSES, cfg.MODEL.KNET.NUM_THING_CLASSES = 11, 6
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (names["panoptic"],), ()
+    cfg.INPUT.DATASET_MAPPER_NAME = "knet_panoptic"
+    cfg.DATALOADER.DECODED_CACHE_MB = -5
+    with pytest.raises(KNetConfigError, match=r"DATALOADER.DECODED_CACHE_MB must be a number >= 0.*got -5"):
+        preflight(cfg)
+    cfg.DATALOADER.DECODED_CACHE_MB = 128
+    preflight(cfg)
