@@ -18,7 +18,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18.yaml")
-# The same recipe in bfloat16 with 1.39x the iterations, for CPUs with AMX units (see the config's header).
+# The same recipe in bfloat16 with 1.4x the iterations, for CPUs with AMX units (see the config's header).
 BF16_CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18_bf16.yaml")
 # Targets of the quickstart on the synthetic validation split (issue 4).
 TARGETS = {"PQ": 60.0, "mask AP": 50.0, "mIoU": 80.0}
@@ -162,7 +162,7 @@ def main():
     auto = args.config_file is None and args.precision == "auto"
     args.config_file = choose_config(args.config_file, args.precision, auto and cpu_has_amx_bf16())
     print(f"[quickstart] config: {os.path.relpath(args.config_file, REPO)}"
-          + (" (this CPU has AMX units: bf16, 1.39x the iterations; --precision float32 to opt out)"
+          + (" (this CPU has AMX units: bf16, 1.4x the iterations; --precision float32 to opt out)"
              if auto and args.config_file == BF16_CONFIG else ""), flush=True)
     try:  # a wrong config fails here, in seconds, not after the dataset is generated
         cfg = load_config(args.config_file, args.opts)

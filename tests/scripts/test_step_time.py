@@ -36,3 +36,33 @@ def test_step_time_separates_data_loading(monkeypatch):
     # in-memory steps (no loader worker: NUM_WORKERS 0 maps exactly what is asked for)
     assert len(calls) == 2 * (1 + 3 + 3)
     assert res["data_share"] == pytest.approx(res["data_s"] / res["step_s"]) and res["data_share"] < 1
+
+
+def test_compare_interleaves_two_configs_and_gives_their_ratio(monkeypatch):
+    step_time = load_script("tools/experiments/step_time.py")
+    from knet.data.dataset_mappers.panoptic_mapper import KNetPanopticDatasetMapper
+
+    original = KNetPanopticDatasetMapper.map_train
+    calls = {"slow": 0, "plain": 0}
+    slow = 0.2
+
+    def map_train(self, *args, **kwargs):  # the mapper of the config with copy-paste on is 200 ms slower
+        import time
+
+        if self.copy_paste_prob > 0:
+            calls["slow"] += 1
+            time.sleep(slow)
+        else:
+            calls["plain"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(KNetPanopticDatasetMapper, "map_train", map_train)
+    common = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
+    res = step_time.compare(TINY, common + ["INPUT.COPY_PASTE_PROB", "1.0"],
+                            common + ["INPUT.COPY_PASTE_PROB", "0.0"], warmup=1, steps=2, rounds=2, threads=1)
+    # each config ran its warm-up and its rounds, two images per step, and nothing else
+    assert calls == {"slow": 2 * (1 + 2 * 2), "plain": 2 * (1 + 2 * 2)}
+    assert res["rounds"] == 2 and len(res["round_ratios"]) == 2
+    assert res["step_s"] - res["baseline_step_s"] >= 2 * slow * 0.8  # 0.4 s more per step, less noise
+    assert res["ratio"] == pytest.approx(res["step_s"] / res["baseline_step_s"]) and res["ratio"] > 1
+    assert all(r > 1 for r in res["round_ratios"]) and res["median_ratio"] > 1
