@@ -5,17 +5,15 @@ import copy
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
+from support.synthetic import mapper_cfg, register_small_synthetic
 from support.toy import solver_cfg
 
 import knet  # noqa: F401
-from knet import add_knet_config
-from knet.data.dataset_mappers import build_mapper
 from knet.data.dataset_mappers import base as base_module
+from knet.data.dataset_mappers import build_mapper
 from knet.data.dataset_mappers import panoptic_mapper as panoptic_module
 from knet.data.dataset_mappers.decoded_cache import DecodedCache
-from knet.data.datasets import ensure_synthetic_dataset, register_knet_synthetic
 from knet.engine import KNetConfigError, preflight
 
 PREFIX = "knet_synthetic_cachetest"
@@ -24,20 +22,7 @@ MB = 2**20
 
 @pytest.fixture(scope="module")
 def names(tmp_path_factory):
-    root = ensure_synthetic_dataset(str(tmp_path_factory.mktemp("cache") / "knet_synthetic"), seed=3,
-                                    num_train=5, num_val=1, image_size=64)
-    register_knet_synthetic(root, prefix=PREFIX)
-    return {t: f"{PREFIX}_{t}_train" for t in ("panoptic", "instance", "sem_seg")}
-
-
-def make_cfg(mapper, dataset):
-    cfg = get_cfg()
-    add_knet_config(cfg)
-    cfg.MODEL.KNET.NUM_CLASSES, cfg.MODEL.KNET.NUM_THING_CLASSES = 11, 6
-    cfg.INPUT.DATASET_MAPPER_NAME, cfg.DATASETS.TRAIN = mapper, (dataset,)
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.IMAGE_SIZE = (48,), 48, 48
-    cfg.INPUT.SEMANTIC.SCALE, cfg.INPUT.SEMANTIC.CROP_SIZE = (128, 48), (40, 40)
-    return cfg
+    return register_small_synthetic(tmp_path_factory, PREFIX, seed=3, num_train=5, num_val=1)
 
 
 def _loader(log, key, nbytes=MB):
@@ -127,7 +112,7 @@ def _same_samples(a, b):
     ("knet_semantic", "sem_seg")])
 def test_mappers_give_the_same_samples_with_the_cache_and_decode_each_file_once(
         names, mapper_name, task, monkeypatch):
-    cfg = make_cfg(mapper_name, names[task])
+    cfg = mapper_cfg(mapper_name, names[task])
     cfg.INPUT.RANDOM_FLIP = "horizontal"
     if mapper_name.startswith("knet_panoptic"):
         cfg.INPUT.COPY_PASTE_PROB = 1.0  # every sample also reads a second record

@@ -7,6 +7,8 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from PIL import Image
+from support.synthetic import mapper_cfg as make_cfg
+from support.synthetic import register_small_synthetic
 
 import knet  # noqa: F401
 from knet import add_knet_config
@@ -23,7 +25,6 @@ from knet.data.dataset_mappers import (
 )
 from knet.data.dataset_mappers.panoptic_mapper import read_panoptic_png
 from knet.data.dataset_mappers.utils import apply_label_transform, transform_masks
-from knet.data.datasets import ensure_synthetic_dataset, register_knet_synthetic
 
 PREFIX = "knet_synthetic_mappertest"
 LSJ_PAD = [128, 128, 128]  # detectron2 FixedSizeCrop's pad_value, as Mask2Former's LSJ mappers use it
@@ -31,29 +32,7 @@ LSJ_PAD = [128, 128, 128]  # detectron2 FixedSizeCrop's pad_value, as Mask2Forme
 
 @pytest.fixture(scope="module")
 def names(tmp_path_factory):
-    root = ensure_synthetic_dataset(str(tmp_path_factory.mktemp("mappers") / "knet_synthetic"), seed=11,
-                                    num_train=6, num_val=2, image_size=64)
-    register_knet_synthetic(root, prefix=PREFIX)
-    return {t: f"{PREFIX}_{t}_train" for t in ("panoptic", "instance", "sem_seg")}
-
-
-def make_cfg(mapper, dataset):
-    cfg = get_cfg()
-    add_knet_config(cfg)
-    cfg.MODEL.KNET.NUM_CLASSES = 11
-    cfg.MODEL.KNET.NUM_THING_CLASSES = 6
-    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
-    cfg.INPUT.FORMAT = "RGB"
-    cfg.INPUT.DATASET_MAPPER_NAME = mapper
-    cfg.DATASETS.TRAIN = (dataset,)
-    cfg.INPUT.MIN_SIZE_TRAIN = (96,)
-    cfg.INPUT.MAX_SIZE_TRAIN = 200
-    cfg.INPUT.MIN_SIZE_TEST = 80
-    cfg.INPUT.MAX_SIZE_TEST = 200
-    cfg.INPUT.IMAGE_SIZE = 96
-    cfg.INPUT.SEMANTIC.SCALE = (256, 64)
-    cfg.INPUT.SEMANTIC.CROP_SIZE = (48, 48)
-    return cfg
+    return register_small_synthetic(tmp_path_factory, PREFIX, seed=11, num_train=6, num_val=2)
 
 
 def _rgb2id(path):
