@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
+from support.synthetic import register_small_synthetic
 from support.toy import solver_cfg
 
 import knet  # noqa: F401
@@ -14,7 +15,6 @@ from knet import add_knet_config
 from knet.data.dataset_mappers import KNetPanopticDatasetMapper, build_mapper
 from knet.data.dataset_mappers.copy_paste import choose_things_to_paste, paste_segments
 from knet.data.dataset_mappers.panoptic_mapper import panoptic_targets
-from knet.data.datasets import ensure_synthetic_dataset, register_knet_synthetic
 from knet.engine import KNetConfigError, build_knet_train_loader, preflight
 
 PREFIX = "knet_synthetic_copypastetest"
@@ -23,10 +23,8 @@ NUM_THINGS = 6
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    root = ensure_synthetic_dataset(str(tmp_path_factory.mktemp("copy_paste") / "knet_synthetic"), seed=5,
-                                    num_train=6, num_val=1, image_size=64)
-    register_knet_synthetic(root, prefix=PREFIX)
-    return DatasetCatalog.get(f"{PREFIX}_panoptic_train")
+    names = register_small_synthetic(tmp_path_factory, PREFIX, seed=5, num_train=6, num_val=1)
+    return DatasetCatalog.get(names["panoptic"])
 
 
 def test_paste_segments_overwrites_pixels_and_appends_segments():

@@ -14,6 +14,11 @@ def _uses_crop(mapper_class) -> bool:
     return getattr(mapper_class, "USES_INPUT_CROP", True)
 
 
+def _is_number(value) -> bool:
+    """A config value that is an int or a float (YAML's booleans are ints to Python, so not those)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _pastes(mapper_class) -> bool:
     """Whether a mapper applies ``INPUT.COPY_PASTE_PROB`` (its ``USES_COPY_PASTE``: the panoptic mappers)."""
     return getattr(mapper_class, "USES_COPY_PASTE", False)
@@ -48,13 +53,13 @@ def preflight(cfg: CfgNode, *, eval_only: bool = False) -> None:
             f"with it: {users}."
         )
     prob = cfg.INPUT.COPY_PASTE_PROB
-    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
+    if not _is_number(prob) or not 0.0 <= prob <= 1.0:
         raise KNetConfigError(
             f"INPUT.COPY_PASTE_PROB must be a number in [0, 1] (the chance that a training image receives "
             f"things pasted from another; 0 turns copy-paste off), got {prob!r}."
         )
     cache_mb = cfg.DATALOADER.DECODED_CACHE_MB
-    if isinstance(cache_mb, bool) or not isinstance(cache_mb, (int, float)) or cache_mb < 0:
+    if not _is_number(cache_mb) or cache_mb < 0:
         raise KNetConfigError(
             f"DATALOADER.DECODED_CACHE_MB must be a number >= 0 (megabytes of decoded training images kept "
             f"in memory by each data-loader process; 0 turns the cache off), got {cache_mb!r}."
