@@ -99,9 +99,9 @@ def _same_samples(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert torch.equal(x["image"], y["image"])
-        for key in ("sem_seg",):
-            if key in x:
-                assert torch.equal(x[key], y[key])
+        assert ("sem_seg" in x) == ("sem_seg" in y)
+        if "sem_seg" in x:
+            assert torch.equal(x["sem_seg"], y["sem_seg"])
         if "instances" in x:
             assert torch.equal(x["instances"].gt_classes, y["instances"].gt_classes)
             assert torch.equal(x["instances"].gt_masks, y["instances"].gt_masks)
