@@ -105,3 +105,10 @@ def test_the_command_line(tool, gt_json, tmp_path, capsys):
     assert "stride 8 (x2), area" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="does not exist"):
         tool.main(["--gt", str(tmp_path / "missing.json")])
+
+
+def test_bad_settings_are_named(tool, gt_json):
+    with pytest.raises(ValueError, match="--upsample 3 must divide the feature stride 8"):
+        tool.ceiling(gt_json, input_size=64, stride=8, upsample=3, mode="fitted")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        tool.ceiling(gt_json, input_size=64, stride=8, upsample=2, mode="exact")

@@ -112,7 +112,7 @@ def fitted_logits(masks, geometry, upsample: int, *, steps: int = 150, lr: float
     n = len(masks)
     for _ in range(steps):
         up = resize(z, targets.shape[-2:])
-        # the BCE is a mean over all elements: times n, each mask gets its own mean's gradient
+        # both losses average over the masks: times n, each mask's own loss, as if fitted alone
         loss = n * (mask_weight * mask_bce_loss(up, targets) + dice_weight * dice_loss(up, targets))
         opt.zero_grad()
         loss.backward()
@@ -151,6 +151,8 @@ def ceiling(gt_json: str, *, input_size: int, stride: int, upsample: int, mode: 
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if stride % upsample:
+        raise ValueError(f"--upsample {upsample} must divide the feature stride {stride}")
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(gt_json)
     # the things of all images of one size are fitted together (the masks are independent)
