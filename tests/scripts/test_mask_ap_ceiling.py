@@ -45,13 +45,13 @@ def gt_json(tmp_path_factory):
 def test_input_geometry_follows_the_test_resize(tool):
     # the quickstart: 256x256 images tested at 192 px: a 24x24 grid at stride 8
     assert tool.input_geometry(256, 256, 192, 512, 32, 8) == {
-        "resized": (192, 192), "padded": (192, 192), "grid": (24, 24)}
+        "resized": (192, 192), "padded": (192, 192), "grid": (24, 24), "stride": 8}
     # landscape: short side 192, the long side scaled alike
     assert tool.input_geometry(480, 640, 192, 512, 32, 8) == {
-        "resized": (192, 256), "padded": (192, 256), "grid": (24, 32)}
+        "resized": (192, 256), "padded": (192, 256), "grid": (24, 32), "stride": 8}
     # capped by the long side, then padded up to the divisibility
     assert tool.input_geometry(100, 400, 200, 400, 32, 4) == {
-        "resized": (100, 400), "padded": (128, 416), "grid": (32, 104)}
+        "resized": (100, 400), "padded": (128, 416), "grid": (32, 104), "stride": 4}
     with pytest.raises(ValueError, match="--stride 8"):
         tool.input_geometry(60, 60, 60, 512, 4, 8)  # padded to 60: not a multiple of 8
 

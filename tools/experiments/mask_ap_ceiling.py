@@ -17,7 +17,7 @@ project's own post-processing (``knet.modeling.postprocessing.resize``). Two gri
 
 COCO's AP of these detections (pycocotools, as detectron2's ``COCOEvaluator``) is the ceiling; the distance
 from a trained model's AP to it is what recognition, ranking and training time lose. Results:
-docs/quickstart_experiments.md ("How much mask AP the mask resolution allows")::
+docs/quickstart_experiments.md (diagnosis 5)::
 
     .venv/bin/python tools/experiments/mask_ap_ceiling.py \
         --gt datasets/knet_synthetic/annotations/instances_val.json --input-size 192 --stride 8 4
@@ -55,7 +55,7 @@ def input_geometry(height: int, width: int, input_size: int, max_size: int, divi
     Returns:
         ``resized``: the network input inside the padding (detectron2's ``ResizeShortestEdge`` to
         ``input_size``, at most ``max_size``); ``padded``: the batch size (rounded up to ``divisibility``);
-        ``grid``: the feature grid, ``padded / stride`` cells.
+        ``grid``: the feature grid, ``padded / stride`` cells; ``stride``: pixels per cell.
     """
     from detectron2.data.transforms import ResizeShortestEdge
 
@@ -65,7 +65,14 @@ def input_geometry(height: int, width: int, input_size: int, max_size: int, divi
     if ph % stride or pw % stride:
         raise ValueError(f"the padded input {(ph, pw)} is not a multiple of --stride {stride}; "
                          "use a --size-divisibility that is")
-    return {"resized": (h, w), "padded": (ph, pw), "grid": (ph // stride, pw // stride)}
+    return {"resized": (h, w), "padded": (ph, pw), "grid": (ph // stride, pw // stride), "stride": stride}
+
+
+def _mask_stride(stride: int, upsample: int) -> int:
+    """Pixels per cell of the upsampled masks (``stride / upsample``)."""
+    if stride % upsample:
+        raise ValueError(f"--upsample {upsample} must divide the feature stride {stride}")
+    return stride // upsample
 
 
 def _input_masks(masks, geometry):
@@ -93,8 +100,7 @@ def area_logits(masks, geometry, eps: float = 1e-4):
     import torch
     import torch.nn.functional as F
 
-    stride = geometry["padded"][0] // geometry["grid"][0]
-    coverage = F.avg_pool2d(_input_masks(masks, geometry)[None], stride)[0]
+    coverage = F.avg_pool2d(_input_masks(masks, geometry)[None], geometry["stride"])[0]
     return torch.logit(coverage.clamp(eps, 1 - eps))
 
 
@@ -125,13 +131,11 @@ def masks_from_logits(logits, geometry, upsample: int, output_size: Tuple[int, i
     bilinear resize of training, the crop to the image's cells, the bilinear resize of the probabilities to
     ``output_size``, the threshold."""
     resize, _, _, crop_to_image, upsample_probs = _knet()
-    stride = geometry["padded"][0] // geometry["grid"][0]
-    if stride % upsample:
-        raise ValueError(f"--upsample {upsample} must divide the feature stride {stride}")
+    mask_stride = _mask_stride(geometry["stride"], upsample)
     gh, gw = geometry["grid"]
     up = resize(logits, (gh * upsample, gw * upsample))
-    probs = crop_to_image(up, geometry["resized"], stride // upsample).sigmoid()
-    return upsample_probs(probs, geometry["resized"], output_size, stride // upsample) > threshold
+    probs = crop_to_image(up, geometry["resized"], mask_stride).sigmoid()
+    return upsample_probs(probs, geometry["resized"], output_size, mask_stride) > threshold
 
 
 def ceiling(gt_json: str, *, input_size: int, stride: int, upsample: int, mode: str, max_size: int = 512,
@@ -151,8 +155,7 @@ def ceiling(gt_json: str, *, input_size: int, stride: int, upsample: int, mode: 
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if stride % upsample:
-        raise ValueError(f"--upsample {upsample} must divide the feature stride {stride}")
+    _mask_stride(stride, upsample)  # before any fitting
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(gt_json)
     # the things of all images of one size are fitted together (the masks are independent)
