@@ -16,6 +16,7 @@ SYN = os.path.join(REPO, "configs", "synthetic")
 
 # config -> (dataset task, metric groups its evaluation must report, number of output classes)
 CASES = {
+    "knet_panoptic_R10.yaml": ("panoptic", {"panoptic_seg": "PQ", "segm": "AP", "sem_seg": "mIoU"}, 11),
     "knet_panoptic_R18.yaml": ("panoptic", {"panoptic_seg": "PQ", "segm": "AP", "sem_seg": "mIoU"}, 11),
     "knet_panoptic_R18_bf16.yaml": ("panoptic", {"panoptic_seg": "PQ", "segm": "AP", "sem_seg": "mIoU"}, 11),
     "knet_instance_R18.yaml": ("instance", {"segm": "AP"}, 6),

@@ -7,7 +7,8 @@ import sys
 import pytest
 from support.scripts import REPO, load_script
 
-CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18.yaml")
+CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R10.yaml")  # the float32 quickstart recipe
+R18 = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18.yaml")  # the recipe both are built on
 
 
 def test_quickstart_wrong_key_fails_before_generating_data(monkeypatch, tmp_path):
@@ -53,21 +54,27 @@ def test_quickstart_refuses_config_file_with_precision(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_bf16_recipe_is_the_float32_one_with_bf16_and_more_iterations():
+def test_recipes_are_the_resnet18_one_with_their_precision_depth_and_iterations():
     from knet.engine import load_config
 
-    fp32 = load_config(CONFIG, [])
+    r18 = load_config(R18, [])
+    fp32 = load_config(load_script("tools/quickstart.py").DEFAULT_CONFIG, [])
     bf16 = load_config(load_script("tools/quickstart.py").BF16_CONFIG, [])
-    assert not fp32.SOLVER.AMP.ENABLED and bf16.SOLVER.AMP.ENABLED
-    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1250, (1000, 1188))
+    assert not r18.SOLVER.AMP.ENABLED and not fp32.SOLVER.AMP.ENABLED and bf16.SOLVER.AMP.ENABLED
+    assert (r18.MODEL.RESNETS.DEPTH, fp32.MODEL.RESNETS.DEPTH, bf16.MODEL.RESNETS.DEPTH) == (18, 10, 18)
+    assert (r18.SOLVER.MAX_ITER, tuple(r18.SOLVER.STEPS)) == (1250, (1000, 1188))
+    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1510, (1208, 1434))
     assert (bf16.SOLVER.MAX_ITER, tuple(bf16.SOLVER.STEPS)) == (1750, (1400, 1662))
-    for cfg in (fp32, bf16):  # x0.1 at 80 % and 95 % of the run
+    for cfg in (r18, fp32, bf16):  # x0.1 at 80 % and 95 % of the run
         n = cfg.SOLVER.MAX_ITER
         assert tuple(cfg.SOLVER.STEPS) == (round(0.8 * n), round(0.95 * n))
-    for key in ("MODEL", "INPUT", "DATASETS", "SEED"):
-        assert bf16[key] == fp32[key], key
-    for key in ("BASE_LR", "IMS_PER_BATCH", "OPTIMIZER"):
-        assert bf16.SOLVER[key] == fp32.SOLVER[key], key
+    fp32.defrost()
+    fp32.MODEL.RESNETS.DEPTH = 18
+    for cfg in (fp32, bf16):  # nothing else differs from the ResNet-18 recipe
+        for key in ("MODEL", "INPUT", "DATASETS", "SEED"):
+            assert cfg[key] == r18[key], key
+        for key in ("BASE_LR", "IMS_PER_BATCH", "OPTIMIZER", "WARMUP_ITERS", "CLIP_GRADIENTS"):
+            assert cfg.SOLVER[key] == r18.SOLVER[key], key
 
 
 def test_convert_wrong_key_is_named(tmp_path):

@@ -25,7 +25,7 @@ import time
 from collections import namedtuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18.yaml")
+CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R10.yaml")
 # The second dataset (make_other_dataset.py): its registration wrapper and the overrides it needs.
 OTHER = (
     os.path.join(REPO, "tools", "experiments", "train_other.py"),

@@ -4,7 +4,7 @@
 The wrapper docs/custom_datasets.md asks for: the registration runs at module level, so every process that
 ``--num-gpus N`` starts (each imports the main module again) sees the datasets. Arguments are train_net.py's.
 
-    .venv/bin/python tools/experiments/train_other.py --config-file configs/synthetic/knet_panoptic_R18.yaml \
+    .venv/bin/python tools/experiments/train_other.py --config-file configs/synthetic/knet_panoptic_R10.yaml \
         DATASETS.TRAIN "('knet_other_panoptic_train',)" DATASETS.TEST "('knet_other_panoptic_val',)" \
         MODEL.KNET.NUM_CLASSES 7 MODEL.KNET.NUM_THING_CLASSES 4 MODEL.KNET.NUM_PROPOSALS 12 \
         OUTPUT_DIR output/knet_other

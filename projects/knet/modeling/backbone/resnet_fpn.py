@@ -5,9 +5,10 @@ Reference: ``ZwwWayne/K-Net:configs/det/_base_/models/knet_s3_r50_fpn*.py``: mmd
 ``FPN(start_level=0, add_extra_convs='on_input', num_outs=4)``, i.e. no P6. Built from detectron2's own
 ``ResNet`` and ``FPN`` so the state-dict names are detectron2's.
 
-Config: ``MODEL.BACKBONE.NAME: build_knet_resnet_fpn_backbone``, ``MODEL.RESNETS.DEPTH`` (18/34/50/101/152),
-``MODEL.RESNETS.STRIDE_IN_1X1: False`` (torchvision weights), ``MODEL.BACKBONE.FREEZE_AT: 2`` (stem + res2),
-``MODEL.RESNETS.NORM: "KNetFrozenStatsBN"`` (batch statistics frozen, affine trainable) and
+Config: ``MODEL.BACKBONE.NAME: build_knet_resnet_fpn_backbone``, ``MODEL.RESNETS.DEPTH``
+(10/18/34/50/101/152), ``MODEL.RESNETS.STRIDE_IN_1X1: False`` (torchvision weights),
+``MODEL.BACKBONE.FREEZE_AT: 2`` (stem + res2), ``MODEL.RESNETS.NORM: "KNetFrozenStatsBN"`` (batch statistics
+frozen, affine trainable) and
 ``MODEL.RESNETS.DEFORM_ON_PER_STAGE: [False, True, True, True]`` for the DCN models (mmcv ``DCN`` = v1:
 ``DEFORM_MODULATED: False``), whose deformable convs are :mod:`knet.modeling.backbone.deform_conv`'s
 (torchvision's kernels; no compiled detectron2 op needed).
@@ -180,11 +181,17 @@ def build_knet_fpn(cfg, bottom_up) -> FPN:
     return backbone
 
 
+# BasicBlocks per stage of the basic-block ResNets built here. 18 and 34 are He et al.'s (CVPR 2016, Table 1);
+# 10 (one block per stage) is their shallowest sibling, which detectron2's builder does not know.
+_BASIC_BLOCKS_PER_STAGE = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+
+
 def _build_narrow_basic_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
-    """ResNet-18/34 whose ``MODEL.RESNETS.RES2_OUT_CHANNELS`` is not 64 (detectron2's builder insists on 64).
-    Used by the CPU-sized synthetic configs; the stages are detectron2's ``BasicBlock`` stages."""
+    """ResNet-10, or ResNet-18/34 whose ``MODEL.RESNETS.RES2_OUT_CHANNELS`` is not 64 (detectron2's builder
+    insists on 64 and has no depth 10). Used by the CPU-sized synthetic configs; the stages are detectron2's
+    ``BasicBlock`` stages."""
     r = cfg.MODEL.RESNETS
-    blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[r.DEPTH]
+    blocks = _BASIC_BLOCKS_PER_STAGE[r.DEPTH]
     stem = BasicStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm=r.NORM)
     stages, in_ch, out_ch = [], r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS
     for i, n in enumerate(blocks):
@@ -207,7 +214,8 @@ def build_knet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.RESNETS.NORM = "BN"  # built as BN, converted below after the frozen stages took FrozenBN
-    narrow = cfg.MODEL.RESNETS.DEPTH in (18, 34) and cfg.MODEL.RESNETS.RES2_OUT_CHANNELS != 64
+    r = cfg.MODEL.RESNETS
+    narrow = r.DEPTH == 10 or (r.DEPTH in (18, 34) and r.RES2_OUT_CHANNELS != 64)
     if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
         bottom_up = _build_deformable_resnet(cfg, input_shape)
     else:
