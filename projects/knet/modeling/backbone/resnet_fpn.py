@@ -182,7 +182,7 @@ def build_knet_fpn(cfg, bottom_up) -> FPN:
 
 
 # BasicBlocks per stage of the basic-block ResNets built here. 18 and 34 are He et al.'s (CVPR 2016, Table 1);
-# 10 (one block per stage) is their shallowest sibling, which detectron2's builder does not know.
+# 10 (one block per stage, the same stem and widths) is not in that table nor in detectron2's builder.
 _BASIC_BLOCKS_PER_STAGE = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 
 
