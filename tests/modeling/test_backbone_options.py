@@ -25,10 +25,11 @@ def _last_norms(bottom_up):
 
 # (): the synthetic R-18 (the narrow builder, BasicBlocks); DEPTH 10: the same builder, one block per stage;
 # DEPTH 50: detectron2's builder (bottleneck blocks)
-@pytest.mark.parametrize("opts", [
-    (), ("MODEL.RESNETS.DEPTH", 10), ("MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES2_OUT_CHANNELS", 256),
+@pytest.mark.parametrize("opts, num_blocks", [
+    ((), 8), (("MODEL.RESNETS.DEPTH", 10), 4),
+    (("MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES2_OUT_CHANNELS", 256), 16),
 ])
-def test_zero_init_residual_zeroes_only_the_last_norm_of_each_block(opts):
+def test_zero_init_residual_zeroes_only_the_last_norm_of_each_block(opts, num_blocks):
     torch.manual_seed(0)
     plain = build_knet_resnet_fpn_backbone(
         _cfg(*opts, "MODEL.KNET.ZERO_INIT_RESIDUAL", False), ShapeSpec(channels=3)
@@ -38,7 +39,7 @@ def test_zero_init_residual_zeroes_only_the_last_norm_of_each_block(opts):
         _cfg(*opts, "MODEL.KNET.ZERO_INIT_RESIDUAL", True), ShapeSpec(channels=3)
     ).bottom_up
     last = {id(n) for n in _last_norms(zero)}
-    assert len(last) == {(): 8, 10: 4, 50: 16}[opts[1] if opts else ()]
+    assert len(last) == num_blocks
     for (name, p), (_, q) in zip(plain.named_parameters(), zero.named_parameters()):
         module = zero.get_submodule(name.rsplit(".", 1)[0])
         if id(module) in last and name.endswith("weight"):

@@ -57,9 +57,10 @@ def test_quickstart_refuses_config_file_with_precision(monkeypatch, tmp_path):
 def test_recipes_are_the_resnet18_one_with_their_precision_depth_and_iterations():
     from knet.engine import load_config
 
+    quickstart = load_script("tools/quickstart.py")
     r18 = load_config(R18, [])
-    fp32 = load_config(load_script("tools/quickstart.py").DEFAULT_CONFIG, [])
-    bf16 = load_config(load_script("tools/quickstart.py").BF16_CONFIG, [])
+    fp32 = load_config(quickstart.DEFAULT_CONFIG, [])
+    bf16 = load_config(quickstart.BF16_CONFIG, [])
     assert not r18.SOLVER.AMP.ENABLED and not fp32.SOLVER.AMP.ENABLED and bf16.SOLVER.AMP.ENABLED
     assert (r18.MODEL.RESNETS.DEPTH, fp32.MODEL.RESNETS.DEPTH, bf16.MODEL.RESNETS.DEPTH) == (18, 10, 18)
     assert (r18.SOLVER.MAX_ITER, tuple(r18.SOLVER.STEPS)) == (1250, (1000, 1188))

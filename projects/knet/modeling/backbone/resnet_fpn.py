@@ -216,7 +216,7 @@ def build_knet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         cfg.MODEL.RESNETS.NORM = "BN"  # built as BN, converted below after the frozen stages took FrozenBN
     r = cfg.MODEL.RESNETS
     narrow = r.DEPTH == 10 or (r.DEPTH in (18, 34) and r.RES2_OUT_CHANNELS != 64)
-    if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
+    if any(r.DEFORM_ON_PER_STAGE):
         bottom_up = _build_deformable_resnet(cfg, input_shape)
     else:
         bottom_up = (_build_narrow_basic_resnet if narrow else build_resnet_backbone)(cfg, input_shape)
