@@ -72,3 +72,19 @@ def test_depth_10_is_one_basic_block_per_stage_of_the_narrow_widths():
     n10 = sum(p.numel() for p in r10.bottom_up.parameters())
     n18 = sum(p.numel() for p in r18.bottom_up.parameters())
     assert 0.4 < n10 / n18 < 0.6  # about half the trunk's weights
+
+
+def test_float32_quickstart_trunk_is_a_resnet10_of_24_to_192_channels():
+    """``knet_panoptic_R10.yaml`` (the float32 quickstart recipe): stem 24, one BasicBlock per stage of 24,
+    48, 96 and 192 channels, and the same 64-channel FPN outputs as the ResNet-18 recipe."""
+    cfg = get_cfg()
+    add_knet_config(cfg)
+    cfg.merge_from_file("configs/synthetic/knet_panoptic_R10.yaml")
+    backbone = build_knet_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))
+    bottom_up = backbone.bottom_up
+    assert bottom_up.stem.out_channels == 24
+    stages = [getattr(bottom_up, f"res{i}") for i in range(2, 6)]
+    assert [len(s) for s in stages] == [1, 1, 1, 1]
+    assert [s[0].out_channels for s in stages] == [24, 48, 96, 192]
+    r18 = build_knet_resnet_fpn_backbone(_cfg(), ShapeSpec(channels=3))
+    assert backbone.output_shape() == r18.output_shape()

@@ -54,7 +54,7 @@ def test_quickstart_refuses_config_file_with_precision(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_recipes_are_the_resnet18_one_with_their_precision_depth_and_iterations():
+def test_recipes_are_the_resnet18_one_with_their_precision_trunk_and_iterations():
     from knet.engine import load_config
 
     quickstart = load_script("tools/quickstart.py")
@@ -64,13 +64,15 @@ def test_recipes_are_the_resnet18_one_with_their_precision_depth_and_iterations(
     assert not r18.SOLVER.AMP.ENABLED and not fp32.SOLVER.AMP.ENABLED and bf16.SOLVER.AMP.ENABLED
     assert (r18.MODEL.RESNETS.DEPTH, fp32.MODEL.RESNETS.DEPTH, bf16.MODEL.RESNETS.DEPTH) == (18, 10, 18)
     assert (r18.SOLVER.MAX_ITER, tuple(r18.SOLVER.STEPS)) == (1250, (1000, 1188))
-    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1510, (1208, 1434))
+    assert (fp32.MODEL.RESNETS.STEM_OUT_CHANNELS, fp32.MODEL.RESNETS.RES2_OUT_CHANNELS) == (24, 24)
+    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1620, (1296, 1539))
     assert (bf16.SOLVER.MAX_ITER, tuple(bf16.SOLVER.STEPS)) == (1750, (1400, 1662))
     for cfg in (r18, fp32, bf16):  # x0.1 at 80 % and 95 % of the run
         n = cfg.SOLVER.MAX_ITER
         assert tuple(cfg.SOLVER.STEPS) == (round(0.8 * n), round(0.95 * n))
     fp32.defrost()
     fp32.MODEL.RESNETS.DEPTH = 18
+    fp32.MODEL.RESNETS.STEM_OUT_CHANNELS = fp32.MODEL.RESNETS.RES2_OUT_CHANNELS = 32
     for cfg in (fp32, bf16):  # nothing else differs from the ResNet-18 recipe
         for key in ("MODEL", "INPUT", "DATASETS", "SEED"):
             assert cfg[key] == r18[key], key
