@@ -17,7 +17,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The float32 recipe: the ResNet-18 recipe with a ResNet-10 and the iterations its cheaper step buys.
+# The float32 recipe: the ResNet-18 recipe with a narrower ResNet-10 and the iterations its cheaper step buys.
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R10.yaml")
 # The ResNet-18 recipe in bfloat16 with 1.4x its iterations, for CPUs with AMX units (see its header).
 BF16_CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18_bf16.yaml")
