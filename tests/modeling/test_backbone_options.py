@@ -10,10 +10,10 @@ from knet.config import add_knet_config
 from knet.modeling.backbone.resnet_fpn import build_knet_resnet_fpn_backbone
 
 
-def _cfg(*opts):
+def _cfg(*opts, config="configs/synthetic/knet_panoptic_R18.yaml"):
     cfg = get_cfg()
     add_knet_config(cfg)
-    cfg.merge_from_file("configs/synthetic/knet_panoptic_R18.yaml")
+    cfg.merge_from_file(config)
     cfg.merge_from_list(list(opts))
     return cfg
 
@@ -77,10 +77,9 @@ def test_depth_10_is_one_basic_block_per_stage_of_the_narrow_widths():
 def test_float32_quickstart_trunk_is_a_resnet10_of_24_to_192_channels():
     """``knet_panoptic_R10.yaml`` (the float32 quickstart recipe): stem 24, one BasicBlock per stage of 24,
     48, 96 and 192 channels, and the same 64-channel FPN outputs as the ResNet-18 recipe."""
-    cfg = get_cfg()
-    add_knet_config(cfg)
-    cfg.merge_from_file("configs/synthetic/knet_panoptic_R10.yaml")
-    backbone = build_knet_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))
+    backbone = build_knet_resnet_fpn_backbone(
+        _cfg(config="configs/synthetic/knet_panoptic_R10.yaml"), ShapeSpec(channels=3)
+    )
     bottom_up = backbone.bottom_up
     assert bottom_up.stem.out_channels == 24
     stages = [getattr(bottom_up, f"res{i}") for i in range(2, 6)]
