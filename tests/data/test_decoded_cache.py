@@ -136,8 +136,48 @@ def test_mappers_give_the_same_samples_with_the_cache_and_decode_each_file_once(
     if task == "panoptic":
         assert uncached["image"] == uncached["panoptic"] == 2 * 2 * len(records)
         assert decoded["panoptic"] == len(records)
-    assert len(mappers[64].decoded_cache) == len(records) * (2 if task == "panoptic" else 1)
+    # decoded image (+ panoptic segments, + their shortest-edge resize for the panoptic mapper) per record
+    per_record = {"knet_panoptic": 3, "knet_panoptic_lsj": 2}.get(mapper_name, 1)
+    assert len(mappers[64].decoded_cache) == len(records) * per_record
     _same_samples(plain, _epochs(mappers[64], records))  # and no sample wrote into a cached array
+
+
+def test_panoptic_mapper_resizes_each_record_once_per_size_and_gives_the_same_samples(names, monkeypatch):
+    """The shortest-edge resize of the panoptic mapper comes from the cache once a record was resized to the
+    size drawn; the random draws, and so every sample, are those of the uncached mapper (two sizes drawn
+    per image here, so the cache holds each record at each size it was drawn at)."""
+    from detectron2.data import transforms as T
+
+    cfg = mapper_cfg("knet_panoptic", names["panoptic"])
+    cfg.INPUT.RANDOM_FLIP = "horizontal"
+    cfg.INPUT.COPY_PASTE_PROB = 1.0
+    cfg.INPUT.MIN_SIZE_TRAIN = (80, 96)
+    records = DatasetCatalog.get(names["panoptic"])
+    mappers = {}
+    for mb in (0, 64):
+        cfg.DATALOADER.DECODED_CACHE_MB = mb
+        mappers[mb] = build_mapper(cfg, True)
+        mappers[mb].set_paste_pool(records)
+    resized = []
+    apply_image = T.ResizeTransform.apply_image
+
+    def counted(tfm, img, interp=None):
+        resized.append((tfm.h, tfm.w, tfm.new_h, tfm.new_w, img.shape[:2]))
+        return apply_image(tfm, img, interp)
+    monkeypatch.setattr(T.ResizeTransform, "apply_image", counted)
+    plain = _epochs(mappers[0], records, epochs=4)
+    uncached = len(resized)
+    cached = _epochs(mappers[64], records, epochs=4)
+    _same_samples(plain, cached)
+    sizes = {s[2:4] for s in resized}
+    assert len(sizes) == 2  # both sizes drawn
+    resized_entries = [k for k in mappers[64].decoded_cache._items if k[0] == "resized"]
+    # an image and its segment map per resize; uncached: every target and paste source of the 4 epochs,
+    # cached: each (record, size) drawn once
+    assert uncached == 2 * 2 * 4 * len(records)
+    assert len(resized) - uncached == 2 * len(resized_entries) and len(resized_entries) <= 2 * len(records)
+    assert {k[1][0] for k in resized_entries} == {r["file_name"] for r in records}
+    assert {k[4:6] for k in resized_entries} == sizes
 
 
 def test_preflight_rejects_a_bad_cache_size(names):

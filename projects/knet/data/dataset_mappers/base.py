@@ -82,6 +82,34 @@ class KNetDatasetMapperBase:
         utils.check_image_size(dataset_dict, image)
         return self.map_train(dataset_dict, image)
 
+    def augment(self, aug_input: T.AugInput, cache_key=None) -> None:
+        """Apply the mapper's augmentations to ``aug_input`` in place (``T.AugmentationList`` semantics).
+
+        When the list starts with a shortest-edge resize and the decoded cache is on, that resize's output
+        depends only on the record and the size drawn; with one training size (the CPU recipes' single
+        ``INPUT.MIN_SIZE_TRAIN``) it is the same every epoch. It is then kept in the cache under
+        ``cache_key`` (which must name everything ``aug_input`` was read from) and the size drawn, and a
+        record is resized once instead of every time it is drawn. The resize is still drawn by the
+        augmentation itself, so the random stream and every sample stay the same bit for bit.
+        """
+        augs = self.augmentations.augs
+        cacheable = (cache_key is not None and self.decoded_cache.max_bytes > 0 and len(augs) > 0
+                     and isinstance(augs[0], T.ResizeShortestEdge) and aug_input.boxes is None)
+        if not cacheable:
+            self.augmentations(aug_input)
+            return
+        tfm = augs[0].get_transform(aug_input.image)  # the draw ``augs[0](aug_input)`` would make
+        if isinstance(tfm, T.ResizeTransform):
+            def resize():
+                aug_input.transform(tfm)
+                return aug_input.image, aug_input.sem_seg
+            key = ("resized", cache_key, tfm.h, tfm.w, tfm.new_h, tfm.new_w, tfm.interp)
+            aug_input.image, aug_input.sem_seg = self.decoded_cache.get(key, resize)
+        else:
+            aug_input.transform(tfm)
+        for aug in augs[1:]:
+            aug(aug_input)
+
     def read_image(self, file_name: str) -> np.ndarray:
         """A training image (H, W, C) in ``image_format`` (``detectron2.data.detection_utils.read_image``),
         through the decoded cache (read-only when it comes from there)."""

@@ -137,10 +137,15 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
     def _read_segments(self, dataset_dict):
         """Panoptic PNG -> (segment index map, classes, crowd flags), through the decoded cache (read-only
         when they come from there)."""
+        return self.decoded_cache.get(self._segments_key(dataset_dict),
+                                      lambda: self._decode_segments(dataset_dict))
+
+    @staticmethod
+    def _segments_key(dataset_dict):
+        """What the segment-index map of a record is decoded from: its PNG, its segments' ids and classes."""
         segments = dataset_dict["segments_info"]
-        key = ("segments", dataset_dict["pan_seg_file_name"],
-               tuple((s["id"], s["category_id"], bool(s.get("iscrowd", 0))) for s in segments))
-        return self.decoded_cache.get(key, lambda: self._decode_segments(dataset_dict))
+        return ("segments", dataset_dict["pan_seg_file_name"],
+                tuple((s["id"], s["category_id"], bool(s.get("iscrowd", 0))) for s in segments))
 
     @staticmethod
     def _decode_segments(dataset_dict):
@@ -200,7 +205,8 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
             raise ValueError(f"Panoptic PNG {dataset_dict['pan_seg_file_name']} is {index.shape}, its image "
                              f"{image.shape[:2]}")
         aug_input = LabelAugInput(image, sem_seg=index)
-        self.augmentations(aug_input)
+        self.augment(aug_input, cache_key=(dataset_dict["file_name"], self.image_format,
+                                           self._segments_key(dataset_dict)))
         return aug_input.image, aug_input.sem_seg, classes, crowd
 
     def map_train(self, dataset_dict, image):
