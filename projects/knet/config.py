@@ -129,7 +129,7 @@ def _add_data_config(cfg):
     cfg.INPUT.SEMANTIC.CAT_MAX_RATIO = 0.75  # a crop may be covered by one class at most this much (1.0: off)
     cfg.INPUT.SEMANTIC.PHOTOMETRIC = True  # mmseg PhotoMetricDistortion (brightness/contrast/saturation/hue)
     cfg.DATALOADER.MAX_SKIPPED_FRACTION = 0.01  # stop training when more of the train set has bad files
-    cfg.DATALOADER.DECODED_CACHE_MB = 0  # training mappers: MB of decoded images/panoptic maps kept; 0: off
+    cfg.DATALOADER.DECODED_CACHE_MB = 0  # training: MB of decoded files (and one-size resizes) kept; 0: off
 
 
 def _add_solver_config(cfg):

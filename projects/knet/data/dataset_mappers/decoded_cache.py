@@ -3,9 +3,11 @@
 On a small dataset trained for many epochs, decoding the same PNGs again and again is a large share of what a
 training step waits for on a few CPU cores: with copy-paste the panoptic mapper needs 7.0 CPU-ms per 256-px
 training image, 2.5 with this cache (3.8 and 1.3 without copy-paste; docs/quickstart_experiments.md). The
-cache keeps what a mapper decoded, up to a size in MB, least recently used first out. Values are stored
-read-only, so a mapper that wrote into one would fail loudly instead of corrupting later samples; reads give
-the same arrays as decoding again, so training is unchanged bit for bit. Each data-loader process has its own.
+cache keeps what a mapper decoded (and, for the panoptic mapper with one training size, the image and segment
+map resized to it: ``KNetDatasetMapperBase.augment``), up to a size in MB, least recently used first out.
+Values are stored read-only, so a mapper that wrote into one would fail loudly instead of corrupting later
+samples; reads give the same arrays as computing them again, so training is unchanged bit for bit. Each
+data-loader process has its own.
 """
 from collections import OrderedDict
 from typing import Callable, Hashable, Tuple
