@@ -65,6 +65,18 @@ def test_same_seed_byte_identical_other_seed_different(tmp_path, tiny_root):
     assert other[pan_json] != ref[pan_json]
 
 
+def test_the_bytes_do_not_depend_on_the_number_of_worker_processes(tmp_path, tiny_root):
+    from knet.data.datasets.synthetic.generate import generate_synthetic_dataset
+
+    # tiny_root was generated with the default workers (one per core); these with 1 and with 3 processes
+    one = generate_synthetic_dataset(str(tmp_path / "one"), seed=3, workers=1, **TINY)
+    three = generate_synthetic_dataset(str(tmp_path / "three"), seed=3, workers=3, **TINY)
+    assert one == three
+    ref = _tree(tiny_root)
+    assert _tree(str(tmp_path / "one")) == _tree(str(tmp_path / "three")) == ref
+    assert len(ref) == 3 * (6 + 3) + 4 + 1
+
+
 def test_render_is_pure_and_sized():
     a = render_synthetic_image(7, "train", 5, (48, 80))
     b = render_synthetic_image(7, "train", 5, (48, 80))

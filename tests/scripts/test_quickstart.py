@@ -65,7 +65,7 @@ def test_recipes_are_the_resnet18_one_with_their_precision_trunk_and_iterations(
     assert (r18.MODEL.RESNETS.DEPTH, fp32.MODEL.RESNETS.DEPTH, bf16.MODEL.RESNETS.DEPTH) == (18, 10, 18)
     assert (r18.SOLVER.MAX_ITER, tuple(r18.SOLVER.STEPS)) == (1250, (1000, 1188))
     assert (fp32.MODEL.RESNETS.STEM_OUT_CHANNELS, fp32.MODEL.RESNETS.RES2_OUT_CHANNELS) == (24, 24)
-    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1760, (1408, 1672))
+    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1360, (1088, 1292))
     assert (bf16.SOLVER.MAX_ITER, tuple(bf16.SOLVER.STEPS)) == (1750, (1400, 1662))
     for cfg in (r18, fp32, bf16):  # x0.1 at 80 % and 95 % of the run
         n = cfg.SOLVER.MAX_ITER

@@ -134,10 +134,10 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         """The records copy-paste draws its sources from (the training loader passes its own list)."""
         self._paste_pool = records
 
-    def _read_segments(self, dataset_dict):
+    def _read_segments(self, dataset_dict, key=None):
         """Panoptic PNG -> (segment index map, classes, crowd flags), through the decoded cache (read-only
-        when they come from there)."""
-        return self.decoded_cache.get(self._segments_key(dataset_dict),
+        when they come from there); ``key``: the record's :meth:`_segments_key`, if the caller has it."""
+        return self.decoded_cache.get(key or self._segments_key(dataset_dict),
                                       lambda: self._decode_segments(dataset_dict))
 
     @staticmethod
@@ -200,13 +200,13 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
                 f"Record of {dataset_dict['file_name']} has no 'pan_seg_file_name'/'segments_info': "
                 f"the {self.MAPPER_NAME!r} mapper needs COCO panoptic records."
             )
-        index, classes, crowd = self._read_segments(dataset_dict)
+        segments_key = self._segments_key(dataset_dict)
+        index, classes, crowd = self._read_segments(dataset_dict, segments_key)
         if index.shape != image.shape[:2]:
             raise ValueError(f"Panoptic PNG {dataset_dict['pan_seg_file_name']} is {index.shape}, its image "
                              f"{image.shape[:2]}")
         aug_input = LabelAugInput(image, sem_seg=index)
-        self.augment(aug_input, cache_key=(dataset_dict["file_name"], self.image_format,
-                                           self._segments_key(dataset_dict)))
+        self.augment(aug_input, cache_key=(dataset_dict["file_name"], self.image_format, segments_key))
         return aug_input.image, aug_input.sem_seg, classes, crowd
 
     def map_train(self, dataset_dict, image):

@@ -3,8 +3,10 @@
 
 import hashlib
 import json
+import multiprocessing
 import os
-from typing import Dict
+from concurrent.futures import ProcessPoolExecutor
+from typing import Dict, Iterator, Optional, Tuple
 
 from .classes import synthetic_categories
 from .encode import dump_json, encode_sample
@@ -24,6 +26,26 @@ from .render import render_synthetic_image
 __all__ = ["generate_synthetic_dataset"]
 
 
+def _render_and_encode(job: Tuple[int, str, int, Tuple[int, int]]):
+    """One sample, rendered and encoded: ``(files, panoptic annotation, instance annotations)``. It depends
+    only on ``job`` = (seed, split, index, (h, w)), so any process gives the same bytes."""
+    seed, split, index, size = job
+    image, segment_map, segments = render_synthetic_image(seed, split, index, size)
+    image_id = index + 1
+    return encode_sample(image, segment_map, segments, image_id, f"{image_id:06d}")
+
+
+def _samples(jobs, workers: int) -> Iterator:
+    """:func:`_render_and_encode` over ``jobs``, in their order, on ``workers`` forked processes (in this
+    one where forking is not available or ``workers`` is 1)."""
+    if workers > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        # fork: the workers need nothing but numpy and PIL, already imported, and start at once
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield from pool.map(_render_and_encode, jobs, chunksize=8)
+    else:
+        yield from map(_render_and_encode, jobs)
+
+
 def generate_synthetic_dataset(
     out_dir: str,
     *,
@@ -32,11 +54,16 @@ def generate_synthetic_dataset(
     num_val: int = DEFAULT_NUM_VAL,
     image_size=DEFAULT_IMAGE_SIZE,
     progress: bool = False,
+    workers: Optional[int] = None,
 ) -> dict:
     """Write the whole dataset into ``out_dir`` (not atomic: use :func:`ensure_synthetic_dataset`).
 
+    The images are rendered and encoded on ``workers`` processes (default: one per CPU core, at most 8;
+    the bytes do not depend on it: each image has its own seed); the files are written by this process.
     The completion marker ``COMPLETE.json`` is written last. Returns the marker's content.
     """
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
     h, w = normalize_size(image_size)
     sizes = {"train": int(num_train), "val": int(num_val)}
     for split, n in sizes.items():
@@ -60,11 +87,10 @@ def generate_synthetic_dataset(
     categories = synthetic_categories()
     for split in SPLITS:
         images, pan_anns, inst_anns = [], [], []
-        for index in range(sizes[split]):
+        jobs = [(int(seed), split, index, (h, w)) for index in range(sizes[split])]
+        for index, (files, pan_ann, instances) in enumerate(_samples(jobs, workers)):
             image_id = index + 1
             stem = f"{image_id:06d}"
-            image, segment_map, segments = render_synthetic_image(seed, split, index, (h, w))
-            files, pan_ann, instances = encode_sample(image, segment_map, segments, image_id, stem)
             for rel, data in files.items():
                 write(rel.format(split=split), data)
             images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": h, "width": w})
