@@ -134,11 +134,10 @@ class KNetPanopticDatasetMapper(KNetDatasetMapperBase):
         """The records copy-paste draws its sources from (the training loader passes its own list)."""
         self._paste_pool = records
 
-    def _read_segments(self, dataset_dict, key=None):
-        """Panoptic PNG -> (segment index map, classes, crowd flags), through the decoded cache (read-only
-        when they come from there); ``key``: the record's :meth:`_segments_key`, if the caller has it."""
-        return self.decoded_cache.get(key or self._segments_key(dataset_dict),
-                                      lambda: self._decode_segments(dataset_dict))
+    def _read_segments(self, dataset_dict, key):
+        """Panoptic PNG -> (segment index map, classes, crowd flags), through the decoded cache under ``key``
+        (the record's :meth:`_segments_key`; read-only when they come from there)."""
+        return self.decoded_cache.get(key, lambda: self._decode_segments(dataset_dict))
 
     @staticmethod
     def _segments_key(dataset_dict):
