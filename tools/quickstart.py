@@ -17,7 +17,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The float32 recipe: the ResNet-18 recipe with a narrower ResNet-10 and the iterations its cheaper step buys.
+# The float32 recipe: the ResNet-18 recipe with a narrower ResNet-10, the iterations its cheaper step buys and
+# 192x192 training windows at the images' own scale (whole images at test).
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R10.yaml")
 # The ResNet-18 recipe in bfloat16 with 1.4x its iterations, for CPUs with AMX units (see its header).
 BF16_CONFIG = os.path.join(REPO, "configs", "synthetic", "knet_panoptic_R18_bf16.yaml")
@@ -30,9 +31,9 @@ def parse_args():
     p.add_argument("--config-file", default=None,
                    help="training config (synthetic panoptic); default: chosen by --precision")
     p.add_argument("--precision", choices=("auto", "float32", "bf16"), default="auto",
-                   help="without --config-file: knet_panoptic_R10.yaml (float32, 1,360 iterations) or "
-                        "knet_panoptic_R18_bf16.yaml (bf16, 1,750 iterations); auto: bf16 where the CPU "
-                        "has AMX units (amx_bf16); not with --config-file")
+                   help="without --config-file: knet_panoptic_R10.yaml (float32, 1,360 iterations, 192-px "
+                        "crops) or knet_panoptic_R18_bf16.yaml (bf16, 1,750 iterations); auto: bf16 where "
+                        "the CPU has AMX units (amx_bf16); not with --config-file")
     p.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"), help="output folder")
     p.add_argument("--num-vis", type=int, default=6, help="validation images to render")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")

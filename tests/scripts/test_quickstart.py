@@ -54,7 +54,7 @@ def test_quickstart_refuses_config_file_with_precision(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_recipes_are_the_resnet18_one_with_their_precision_trunk_and_iterations():
+def test_recipes_are_the_resnet18_one_with_their_precision_trunk_iterations_and_input():
     from knet.engine import load_config
 
     quickstart = load_script("tools/quickstart.py")
@@ -66,6 +66,12 @@ def test_recipes_are_the_resnet18_one_with_their_precision_trunk_and_iterations(
     assert (r18.SOLVER.MAX_ITER, tuple(r18.SOLVER.STEPS)) == (1250, (1000, 1188))
     assert (fp32.MODEL.RESNETS.STEM_OUT_CHANNELS, fp32.MODEL.RESNETS.RES2_OUT_CHANNELS) == (24, 24)
     assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1360, (1088, 1292))
+    # float32 trains on 192x192 windows at the images' own scale (the resize to 192 px is then the identity)
+    # and tests whole images unresized; the ResNet-18 and bf16 recipes resize whole images to 192 px
+    assert fp32.INPUT.CROP.ENABLED and fp32.INPUT.CROP.TYPE == "absolute"
+    assert tuple(fp32.INPUT.CROP.SIZE) == (192, 192) and tuple(fp32.INPUT.MIN_SIZE_TRAIN) == (192,)
+    assert fp32.INPUT.MIN_SIZE_TEST == 0 and r18.INPUT.MIN_SIZE_TEST == bf16.INPUT.MIN_SIZE_TEST == 192
+    assert not r18.INPUT.CROP.ENABLED and not bf16.INPUT.CROP.ENABLED
     assert (bf16.SOLVER.MAX_ITER, tuple(bf16.SOLVER.STEPS)) == (1750, (1400, 1662))
     for cfg in (r18, fp32, bf16):  # x0.1 at 80 % and 95 % of the run
         n = cfg.SOLVER.MAX_ITER
@@ -73,6 +79,7 @@ def test_recipes_are_the_resnet18_one_with_their_precision_trunk_and_iterations(
     fp32.defrost()
     fp32.MODEL.RESNETS.DEPTH = 18
     fp32.MODEL.RESNETS.STEM_OUT_CHANNELS = fp32.MODEL.RESNETS.RES2_OUT_CHANNELS = 32
+    fp32.INPUT.CROP, fp32.INPUT.MIN_SIZE_TEST = r18.INPUT.CROP.clone(), r18.INPUT.MIN_SIZE_TEST
     for cfg in (fp32, bf16):  # nothing else differs from the ResNet-18 recipe
         for key in ("MODEL", "INPUT", "DATASETS", "SEED"):
             assert cfg[key] == r18[key], key
