@@ -69,7 +69,8 @@ def test_recipes_are_the_resnet18_one_with_their_precision_trunk_iterations_and_
     # float32 trains on 192x192 windows at the images' own scale (the resize to 192 px is then the identity)
     # and tests whole images unresized; the ResNet-18 and bf16 recipes resize whole images to 192 px
     assert fp32.INPUT.CROP.ENABLED and fp32.INPUT.CROP.TYPE == "absolute"
-    assert tuple(fp32.INPUT.CROP.SIZE) == (192, 192) and tuple(fp32.INPUT.MIN_SIZE_TRAIN) == (192,)
+    (size,) = fp32.INPUT.MIN_SIZE_TRAIN  # one training size, the crop's: the resize after the crop is a no-op
+    assert tuple(fp32.INPUT.CROP.SIZE) == (size, size) == (192, 192)
     assert fp32.INPUT.MIN_SIZE_TEST == 0 and r18.INPUT.MIN_SIZE_TEST == bf16.INPUT.MIN_SIZE_TEST == 192
     assert not r18.INPUT.CROP.ENABLED and not bf16.INPUT.CROP.ENABLED
     assert (bf16.SOLVER.MAX_ITER, tuple(bf16.SOLVER.STEPS)) == (1750, (1400, 1662))
