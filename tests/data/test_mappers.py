@@ -24,7 +24,12 @@ from knet.data.dataset_mappers import (
     build_mapper,
 )
 from knet.data.dataset_mappers.panoptic_mapper import read_panoptic_png
-from knet.data.dataset_mappers.utils import apply_label_transform, transform_masks
+from knet.data.dataset_mappers.utils import (
+    LabelAugInput,
+    apply_label_transform,
+    is_identity_resize,
+    transform_masks,
+)
 
 PREFIX = "knet_synthetic_mappertest"
 LSJ_PAD = [128, 128, 128]  # detectron2 FixedSizeCrop's pad_value, as Mask2Former's LSJ mappers use it
@@ -171,6 +176,54 @@ def test_input_crop_is_taken_at_the_images_own_scale(names, task):
 
     cfg.INPUT.CROP.ENABLED = False
     assert not any(isinstance(a, T.RandomCrop) for a in build_mapper(cfg, True).augmentations.augs)
+
+
+def test_identity_resize_is_skipped_and_changes_nothing(names, monkeypatch):
+    """The resize after an absolute crop of the one training size keeps the window's size: the panoptic
+    mapper skips PIL's round trip (which returns the pixels unchanged), and its samples stay the same bit for
+    bit as with detectron2's own resize."""
+    rng = np.random.RandomState(0)
+    image = rng.randint(0, 256, (30, 40, 3)).astype(np.uint8)
+    label = rng.randint(0, 300, (30, 40)).astype(np.int64)
+    same, other = T.ResizeTransform(30, 40, 30, 40), T.ResizeTransform(30, 40, 31, 40)
+    assert is_identity_resize(same, image) and not is_identity_resize(other, image)
+    assert not is_identity_resize(same, image.astype(np.float32))
+    assert np.array_equal(same.apply_image(image), image)  # what makes the skip exact
+    assert np.array_equal(apply_label_transform(same, label), label)
+
+    cfg = make_cfg("knet_panoptic", names["panoptic"])
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = [40, 40]
+    cfg.INPUT.MIN_SIZE_TRAIN = (40,)
+    cfg.INPUT.COPY_PASTE_PROB = 1.0
+    mapper = build_mapper(cfg, True)
+    mapper.set_paste_pool(DatasetCatalog.get(names["panoptic"]))
+
+    def samples():
+        out = []
+        for seed, rec in enumerate(DatasetCatalog.get(names["panoptic"])):
+            np.random.seed(seed)
+            out.append(mapper(rec))
+        return out
+
+    resized = []
+    original = T.ResizeTransform.apply_image
+
+    def counting(self, img, interp=None):
+        resized.append(img.shape)
+        return original(self, img, interp)
+
+    monkeypatch.setattr(T.ResizeTransform, "apply_image", counting)
+    skipped = samples()
+    assert resized == []  # every resize was the identity, and none ran
+    monkeypatch.setattr(LabelAugInput, "transform", T.AugInput.transform)  # detectron2's: resize every time
+    full = samples()
+    assert len(resized) >= 2 * len(full)  # the target's and the copy-paste source's
+    for a, b in zip(skipped, full):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["sem_seg"], b["sem_seg"])
+        assert torch.equal(a["instances"].gt_masks, b["instances"].gt_masks)
+        assert torch.equal(a["instances"].gt_classes, b["instances"].gt_classes)
 
 
 def test_instance_mapper_matches_panoptic_things(names):
