@@ -211,9 +211,9 @@ class RecordingMatcher(KNetHungarianMatcher):
         super().__init__()
         self.calls = []
 
-    def forward(self, mask_logits, gt_masks, cls_logits=None, gt_labels=None):
-        self.calls.append((mask_logits.clone(), None if cls_logits is None else cls_logits.clone()))
-        return super().forward(mask_logits, gt_masks, cls_logits, gt_labels)
+    def match_batch(self, mask_logits, gt_masks, cls_logits=None, gt_labels=None):
+        self.calls.append((mask_logits[0].clone(), None if cls_logits is None else cls_logits[0].clone()))
+        return super().match_batch(mask_logits, gt_masks, cls_logits, gt_labels)
 
 
 def test_each_stage_matched_with_previous_predictions():
@@ -236,3 +236,60 @@ def test_each_stage_matched_with_previous_predictions():
         assert torch.equal(calls[s][0], stages[s - 1]["pred_masks"][0, :3])
         assert torch.equal(calls[s][1], stages[s - 1]["pred_logits"][0, :3, :2])
     assert {"loss_rpn_mask", "loss_rpn_dice", "loss_rpn_rank", "loss_rpn_seg", "s2_loss_cls"} <= set(losses)
+
+
+def test_seg_targets_paint_order_by_brute_force():
+    """The kernel head's semantic targets equal painting the segments one by one (stuff in class order, then
+    the matched things in kernel order, later over earlier), on random overlapping soft masks."""
+    crit = criterion()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        t = _targets()
+        m = len(t[0]["labels"])
+        t[0]["masks"] = (torch.rand(m, 6, 5, generator=g) > 0.5) * torch.rand(m, 6, 5, generator=g)
+        t[0]["stuff_masks"] = (torch.rand(len(t[0]["stuff_labels"]), 6, 5, generator=g) > 0.6).float()
+        rows = torch.randperm(4, generator=g)[:m]
+        cols = torch.randperm(m, generator=g)
+        seg = crit.seg_targets(t, [(rows, cols)], (6, 5))[0]
+        expected = torch.full((6, 5), crit.num_classes)
+        for label, mask in zip(t[0]["stuff_labels"], t[0]["stuff_masks"]):
+            expected[mask > 0] = label
+        for k in torch.argsort(rows):
+            expected[t[0]["masks"][cols[k]] > 0] = t[0]["labels"][cols[k]]
+        assert torch.equal(seg, expected)
+
+
+@pytest.mark.parametrize("num_kernels", [5, 300])
+def test_rank_targets_are_the_last_covering_positive(num_kernels):
+    """Per pixel the largest index of a positive kernel whose target covers it, else RANK_IGNORE (for more
+    kernels than a uint8 holds too)."""
+    g = torch.Generator().manual_seed(num_kernels)
+    shape = (2, num_kernels, 4, 3)
+    targets = (torch.rand(shape, generator=g) > 0.97) * torch.rand(shape, generator=g)
+    targets[:, :, 0, 0] = 0  # a pixel no kernel covers
+    positive = torch.rand(2, num_kernels, generator=g) > 0.3
+    expected = torch.full((2, 4, 3), RANK_IGNORE)
+    for b in range(2):
+        for j in range(num_kernels):
+            if positive[b, j]:
+                expected[b][targets[b, j] > 0] = j
+    got = rank_targets(targets, positive)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+    assert (got == RANK_IGNORE).any() and (got > 255).any() == (num_kernels == 300)
+
+
+@pytest.mark.parametrize("size, out", [((192, 192), (48, 48)), ((12, 18), (4, 6)), ((12, 18), (6, 9)),
+                                       ((10, 12), (10, 12)), ((10, 12), (4, 5))])
+def test_binary_target_shortcut_equals_bilinear_resize(size, out):
+    """prepare_targets' resize of binary masks (integer factors 4, 3, 2, 1 and a non-integer fallback) gives
+    ``F.interpolate``'s bilinear values bit for bit."""
+    from torch.nn import functional as F
+
+    from knet.modeling.criterion import _resize_targets
+
+    masks = torch.rand((7, *size), generator=torch.Generator().manual_seed(0)) > 0.5
+    expected = F.interpolate(masks[None].float(), size=out, mode="bilinear", align_corners=False)[0]
+    got = _resize_targets(masks, out)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    odd_factor = size[0] % out[0] == 0 and (size[0] // out[0]) % 2 == 1  # 1 or 3: a subsampling, values 0 / 1
+    assert (len(torch.unique(got)) == 2) == odd_factor  # else soft values

@@ -95,3 +95,28 @@ def test_empty():
         torch.randn(4, 5, 5), torch.zeros(0, 5, 5), torch.randn(4, 2), torch.zeros(0, dtype=torch.long)
     )
     assert rows.numel() == 0 and cols.numel() == 0 and rows.dtype == torch.int64
+
+
+@pytest.mark.parametrize("with_cls", [True, False])
+def test_match_batch_equals_matching_each_image(with_cls):
+    """The batch's costs at once (one matrix, each image reading its block) give every image the assignment
+    and the costs of matching it alone; an image without ground truth gets none."""
+    g = torch.Generator().manual_seed(5)
+    B, N, C = 4, 6, 3
+    masks = torch.randn(B, N, 5, 7, generator=g) * 3
+    cls = torch.randn(B, N, C, generator=g) if with_cls else None
+    counts = [3, 0, 6, 2]
+    gts = [(torch.rand(m, 5, 7, generator=g) > 0.5).float() for m in counts]
+    labels = [torch.randint(0, C, (m,), generator=g) for m in counts]
+    matcher = KNetHungarianMatcher(cost_class=2.0, cost_mask=1.0, cost_dice=4.0)
+    batch = matcher.match_batch(masks, gts, cls, labels if with_cls else None)
+    for b in range(B):
+        one = matcher(masks[b], gts[b], None if cls is None else cls[b], labels[b])
+        assert torch.equal(batch[b][0], one[0]) and torch.equal(batch[b][1], one[1])
+        assert len(batch[b][0]) == min(N, counts[b])
+    flat_cls = None if cls is None else cls.flatten(0, 1)
+    whole = matcher.cost_matrix(masks.flatten(0, 1), torch.cat(gts), flat_cls, torch.cat(labels))
+    alone = matcher.cost_matrix(masks[2], gts[2], None if cls is None else cls[2], labels[2])
+    torch.testing.assert_close(whole[2 * N:3 * N, 3:9], alone, rtol=1e-6, atol=1e-6)
+    empty = matcher.match_batch(masks, [g[:0] for g in gts], cls, [lb[:0] for lb in labels])
+    assert all(len(r) == 0 and len(c) == 0 for r, c in empty)

@@ -17,7 +17,6 @@ import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.utils import comm
 from torch import nn
-from torch.nn import functional as F
 
 from .layers import resize
 from .losses import dice_loss, mask_bce_loss, rank_loss, rank_targets, sigmoid_focal_loss
@@ -60,17 +59,16 @@ def prepare_targets(
         per image a dict: "labels" (M_t,) int64 and "masks" (M_t, *out_size) float for the things;
         "stuff_labels" (S,) int64 sorted and "stuff_masks" (S, *out_size) float (S = 0 if not panoptic).
     """
-    targets = []
     pad_h, pad_w = pad_size
+    per_image, planes = [], []  # (thing labels, stuff labels) per image; the masks of all images, in order
     for inst in gt_instances:
         classes = inst.gt_classes.to(torch.int64)
-        masks = _as_mask_tensor(inst.gt_masks)
-        device = classes.device
-        masks = masks.to(device=device, dtype=torch.float32)
+        masks = _as_mask_tensor(inst.gt_masks).to(classes.device)
+        if masks.dtype != torch.bool:
+            masks = masks.float()
         h, w = masks.shape[-2:]
         if h > pad_h or w > pad_w:
             raise ValueError(f"gt_masks of size {(h, w)} are larger than the padded batch {pad_size}")
-        masks = F.pad(masks, (0, pad_w - w, 0, pad_h - h))
         is_thing = classes < num_thing_classes
         thing_masks, thing_labels = masks[is_thing], classes[is_thing]
         if panoptic:
@@ -78,20 +76,73 @@ def prepare_targets(
             stuff_masks = (
                 torch.stack([masks[classes == c].amax(dim=0) for c in stuff_labels])
                 if len(stuff_labels)
-                else masks.new_zeros((0, pad_h, pad_w))
+                else masks.new_zeros((0, h, w))
             )
         else:
             stuff_labels = classes.new_zeros((0,))
-            stuff_masks = masks.new_zeros((0, pad_h, pad_w))
+            stuff_masks = masks.new_zeros((0, h, w))
+        per_image.append((thing_labels, stuff_labels))
+        planes += [_pad_to(thing_masks, pad_size), _pad_to(stuff_masks, pad_size)]
+    # one resize for all masks of the batch: each plane is resized on its own, as per image
+    resized = _resize_targets(torch.cat(planes), tuple(out_size)) if planes else None
+    targets, start = [], 0
+    for thing_labels, stuff_labels in per_image:
+        m, s = len(thing_labels), len(stuff_labels)
         targets.append(
             {
                 "labels": thing_labels,
-                "masks": resize(thing_masks, out_size),
+                "masks": resized[start:start + m],
                 "stuff_labels": stuff_labels,
-                "stuff_masks": resize(stuff_masks, out_size),
+                "stuff_masks": resized[start + m:start + m + s],
             }
         )
+        start += m + s
     return targets
+
+
+def _pad_to(masks: torch.Tensor, size) -> torch.Tensor:
+    """(M, h, w) masks zero-padded at the bottom and right to (M, *size)."""
+    h, w = masks.shape[-2:]
+    if (h, w) == tuple(size):
+        return masks
+    out = masks.new_zeros((masks.shape[0], *size))
+    out[:, :h, :w] = masks
+    return out
+
+
+def _resize_targets(masks: torch.Tensor, size) -> torch.Tensor:
+    """(M, H, W) bool or float masks -> (M, *size) float32, bilinearly resized (align_corners=False).
+
+    Binary masks shrunk by an integer factor f take a shortcut with the same result, bit for bit: bilinear
+    sampling then reads output pixel d at source coordinate f d + (f - 1) / 2, which for an even f lies
+    half-way between pixels f d + f/2 - 1 and f d + f/2 (weights 1/2 each) and for an odd f on pixel
+    f d + (f - 1)/2, in each dimension. An output value is then the mean of 4 (or 1, or 2) binary pixels, a
+    multiple of 1/4 that float32 holds exactly whatever the order of the sums. The shortcut reads those pixels
+    only, where ``F.interpolate`` first needs the whole float32 copy of the masks (the quickstart: 192x192 to
+    48x48; PyTorch's CPU kernel, ``upsample_bilinear2d`` with ``align_corners=False``, weighs as described).
+    """
+    H, W = masks.shape[-2:]
+    h, w = size
+    if masks.dtype != torch.bool or masks.shape[0] == 0 or H % h or W % w:
+        return resize(masks.float(), size)
+    out = None
+    for rows in _taps(H // h, h):
+        for cols in _taps(W // w, w):
+            tap = masks[:, rows, cols].to(torch.uint8)
+            out = tap if out is None else out + tap
+    taps = len(_taps(H // h, h)) * len(_taps(W // w, w))
+    return out.float() * (1.0 / taps)
+
+
+def _taps(factor: int, n: int):
+    """The source slices (one, or two for an even factor) that bilinear sampling averages when it shrinks a
+    dimension by ``factor`` to ``n`` pixels (see :func:`_resize_targets`)."""
+    if factor == 1:
+        return [slice(0, n)]
+    centre = (factor - 1) // 2
+    if factor % 2:
+        return [slice(centre, centre + factor * n, factor)]
+    return [slice(centre, centre + factor * n, factor), slice(centre + 1, centre + 1 + factor * n, factor)]
 
 
 def _reduce_mean(value: torch.Tensor) -> torch.Tensor:
@@ -105,6 +156,16 @@ def _reduce_mean(value: torch.Tensor) -> torch.Tensor:
 
 
 Assignment = Tuple[torch.Tensor, torch.Tensor]  # (kernel indices, gt indices) of one image
+
+
+def _matched(targets, assignments):
+    """The matched pairs of all images: batch index (K,), kernel index (K,), label (K,) and mask target
+    (K, H, W) of each pair, images in order (K = the number of pairs in the batch)."""
+    batch = torch.cat([torch.full_like(rows, b) for b, (rows, _) in enumerate(assignments)])
+    rows = torch.cat([rows for rows, _ in assignments])
+    labels = torch.cat([t["labels"][cols] for t, (_, cols) in zip(targets, assignments)])
+    masks = torch.cat([t["masks"][cols] for t, (_, cols) in zip(targets, assignments)])
+    return batch, rows, labels, masks
 
 
 class KNetCriterion(nn.Module):
@@ -184,11 +245,10 @@ class KNetCriterion(nn.Module):
     ) -> List[Assignment]:
         """Per-image assignment of the thing kernels. mask_logits (B, >=P, H, W); cls_logits (B, >=P, C)."""
         P, T = self.num_proposals, self.num_thing_classes
-        out = []
-        for b, t in enumerate(targets):
-            cls = None if cls_logits is None else cls_logits[b, :P, :T].detach()
-            out.append(self.matcher(mask_logits[b, :P].detach(), t["masks"], cls, t["labels"]))
-        return out
+        cls = None if cls_logits is None else cls_logits[:, :P, :T].detach()
+        return self.matcher.match_batch(
+            mask_logits[:, :P].detach(), [t["masks"] for t in targets], cls, [t["labels"] for t in targets]
+        )
 
     # ------------------------------------------------------------------ targets
     def stage_targets(self, targets, assignments, num_kernels: int, mask_size):
@@ -206,20 +266,21 @@ class KNetCriterion(nn.Module):
         weights = ref.new_ones((B, N, C))
         mask_targets = ref.new_zeros((B, N, *mask_size))
         positive = torch.zeros((B, N), dtype=torch.bool, device=ref.device)
-        for b, (t, (rows, cols)) in enumerate(zip(targets, assignments)):
-            labels[b, rows] = t["labels"][cols]
-            mask_targets[b, rows] = t["masks"][cols]
-            positive[b, rows] = True
+        batch, rows, gt_labels, gt_masks = _matched(targets, assignments)
+        labels[batch, rows] = gt_labels
+        mask_targets[batch, rows] = gt_masks
+        positive[batch, rows] = True
         if self.panoptic and N > P:
             weights[:, :P, T:] = 0
             weights[:, P:] = 0
             stuff = torch.arange(N - P, device=ref.device)
             weights[:, P + stuff, T + stuff] = 1
-            for b, t in enumerate(targets):
-                rows = P + (t["stuff_labels"] - T)
-                labels[b, rows] = t["stuff_labels"]
-                mask_targets[b, rows] = t["stuff_masks"]
-                positive[b, rows] = True
+            batch = torch.cat([torch.full_like(t["stuff_labels"], b) for b, t in enumerate(targets)])
+            stuff_labels = torch.cat([t["stuff_labels"] for t in targets])
+            rows = P + (stuff_labels - T)
+            labels[batch, rows] = stuff_labels
+            mask_targets[batch, rows] = torch.cat([t["stuff_masks"] for t in targets])
+            positive[batch, rows] = True
         return labels, weights, mask_targets, positive
 
     def seg_targets(self, targets, assignments, size) -> torch.Tensor:
@@ -261,9 +322,9 @@ class KNetCriterion(nn.Module):
         B, P, H, W = init_masks.shape
         positive = torch.zeros((B, P), dtype=torch.bool, device=init_masks.device)
         mask_targets = init_masks.new_zeros((B, P, H, W), dtype=torch.float32)
-        for b, (t, (rows, cols)) in enumerate(zip(targets, assignments)):
-            positive[b, rows] = True
-            mask_targets[b, rows] = t["masks"][cols]
+        batch, rows, _, gt_masks = _matched(targets, assignments)
+        positive[batch, rows] = True
+        mask_targets[batch, rows] = gt_masks
         losses = self._mask_losses(init_masks, mask_targets, positive, "loss_rpn_{}")
         seg_t = self.seg_targets(targets, assignments, (H, W)).flatten()
         C = seg_logits.shape[1]

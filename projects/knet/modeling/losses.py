@@ -105,9 +105,11 @@ def rank_targets(mask_targets: torch.Tensor, positive: torch.Tensor) -> torch.Te
     """
     B, N = positive.shape
     covered = (mask_targets > 0) & positive[:, :, None, None]
-    idx = torch.arange(N, device=mask_targets.device).view(1, N, 1, 1)
-    idx = torch.where(covered, idx, torch.full_like(idx, RANK_IGNORE))
-    return idx.amax(dim=1)
+    # 1 + the kernel index where covered, 0 elsewhere, in the narrowest integer type that holds N (the
+    # maximum over kernels reads 4-8x less memory than in int64); minus 1 gives RANK_IGNORE where none covers
+    dtype = torch.uint8 if N < 256 else torch.int16 if N < 2 ** 15 else torch.int64
+    rank = torch.arange(1, N + 1, device=mask_targets.device, dtype=dtype).view(1, N, 1, 1)
+    return (covered * rank).amax(dim=1).to(torch.int64) - 1  # RANK_IGNORE is -1
 
 
 def rank_loss(mask_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ Reference: ``ZwwWayne/K-Net:knet/det/mask_hungarian_assigner.py`` (``MaskHungari
 off (as Mask2Former's matcher does), and the assignment with scipy on CPU.
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -142,10 +142,65 @@ class KNetHungarianMatcher(nn.Module):
             empty = torch.zeros(0, dtype=torch.int64, device=device)
             return empty, empty.clone()
         cost = self.cost_matrix(mask_logits, gt_masks, cls_logits, gt_labels)
-        cost = cost.cpu()
-        if not torch.isfinite(cost).all():
-            cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8)
-        rows, cols = linear_sum_assignment(cost.numpy())
-        rows = torch.as_tensor(rows, dtype=torch.int64, device=device)
-        cols = torch.as_tensor(cols, dtype=torch.int64, device=device)
-        return rows, cols
+        return _assign(_as_numpy_cost(cost), device)
+
+    @torch.no_grad()
+    def match_batch(
+        self,
+        mask_logits: torch.Tensor,
+        gt_masks: List[torch.Tensor],
+        cls_logits: Optional[torch.Tensor] = None,
+        gt_labels: Optional[List[torch.Tensor]] = None,
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Match every image of a batch: :meth:`forward` per image, with the costs of all images computed at
+        once (one cost matrix between the B * N kernels and the ground truths of all images, of which each
+        image reads its own block) and copied to the host once, instead of a few dozen small operations per
+        image.
+
+        Args:
+            mask_logits: (B, N, H, W) predicted mask logits (detached).
+            gt_masks: B tensors (M_b, H, W) of targets in [0, 1].
+            cls_logits: (B, N, C) class logits or None (no class cost).
+            gt_labels: B tensors (M_b,) int64 (needed with cls_logits).
+
+        Returns:
+            per image (kernel_indices, gt_indices), as :meth:`forward` returns them.
+        """
+        B, N = mask_logits.shape[:2]
+        device = mask_logits.device
+        counts = [int(m.shape[0]) for m in gt_masks]
+        if N == 0 or sum(counts) == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=device)
+            return [(empty, empty.clone()) for _ in range(B)]
+        cost = self.cost_matrix(
+            mask_logits.flatten(0, 1),
+            torch.cat(list(gt_masks)),
+            None if cls_logits is None else cls_logits.flatten(0, 1),
+            None if cls_logits is None else torch.cat(list(gt_labels)),
+        )
+        cost = _as_numpy_cost(cost)
+        out, start = [], 0
+        for b, m in enumerate(counts):
+            if m == 0:
+                empty = torch.zeros(0, dtype=torch.int64, device=device)
+                out.append((empty, empty.clone()))
+            else:
+                out.append(_assign(cost[b * N:(b + 1) * N, start:start + m], device))
+            start += m
+        return out
+
+
+def _as_numpy_cost(cost: torch.Tensor):
+    """The cost matrix as a numpy array on the host, non-finite entries replaced (scipy refuses them)."""
+    cost = cost.cpu()
+    if not torch.isfinite(cost).all():
+        cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8)
+    return cost.numpy()
+
+
+def _assign(cost, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """scipy's minimum-cost assignment of an (N, M) numpy cost: (rows, cols) int64 tensors on ``device``."""
+    rows, cols = linear_sum_assignment(cost)
+    rows = torch.as_tensor(rows, dtype=torch.int64, device=device)
+    cols = torch.as_tensor(cols, dtype=torch.int64, device=device)
+    return rows, cols
