@@ -65,7 +65,7 @@ def prepare_targets(
         classes = inst.gt_classes.to(torch.int64)
         masks = _as_mask_tensor(inst.gt_masks).to(classes.device)
         if masks.dtype != torch.bool:
-            masks = masks.float()
+            masks = masks.to(torch.float32)
         h, w = masks.shape[-2:]
         if h > pad_h or w > pad_w:
             raise ValueError(f"gt_masks of size {(h, w)} are larger than the padded batch {pad_size}")
@@ -124,14 +124,14 @@ def _resize_targets(masks: torch.Tensor, size) -> torch.Tensor:
     H, W = masks.shape[-2:]
     h, w = size
     if masks.dtype != torch.bool or masks.shape[0] == 0 or H % h or W % w:
-        return resize(masks.float(), size)
+        return resize(masks.to(torch.float32), size)
     out = None
     for rows in _taps(H // h, h):
         for cols in _taps(W // w, w):
             tap = masks[:, rows, cols].to(torch.uint8)
             out = tap if out is None else out + tap
     taps = len(_taps(H // h, h)) * len(_taps(W // w, w))
-    return out.float() * (1.0 / taps)
+    return out.to(torch.float32) * (1.0 / taps)
 
 
 def _taps(factor: int, n: int):
