@@ -238,27 +238,6 @@ def test_each_stage_matched_with_previous_predictions():
     assert {"loss_rpn_mask", "loss_rpn_dice", "loss_rpn_rank", "loss_rpn_seg", "s2_loss_cls"} <= set(losses)
 
 
-def test_seg_targets_paint_order_by_brute_force():
-    """The kernel head's semantic targets equal painting the segments one by one (stuff in class order, then
-    the matched things in kernel order, later over earlier), on random overlapping soft masks."""
-    crit = criterion()
-    g = torch.Generator().manual_seed(3)
-    for _ in range(5):
-        t = _targets()
-        m = len(t[0]["labels"])
-        t[0]["masks"] = (torch.rand(m, 6, 5, generator=g) > 0.5) * torch.rand(m, 6, 5, generator=g)
-        t[0]["stuff_masks"] = (torch.rand(len(t[0]["stuff_labels"]), 6, 5, generator=g) > 0.6).float()
-        rows = torch.randperm(4, generator=g)[:m]
-        cols = torch.randperm(m, generator=g)
-        seg = crit.seg_targets(t, [(rows, cols)], (6, 5))[0]
-        expected = torch.full((6, 5), crit.num_classes)
-        for label, mask in zip(t[0]["stuff_labels"], t[0]["stuff_masks"]):
-            expected[mask > 0] = label
-        for k in torch.argsort(rows):
-            expected[t[0]["masks"][cols[k]] > 0] = t[0]["labels"][cols[k]]
-        assert torch.equal(seg, expected)
-
-
 @pytest.mark.parametrize("num_kernels", [5, 300])
 def test_rank_targets_are_the_last_covering_positive(num_kernels):
     """Per pixel the largest index of a positive kernel whose target covers it, else RANK_IGNORE (for more

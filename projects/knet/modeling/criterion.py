@@ -17,6 +17,7 @@ import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.utils import comm
 from torch import nn
+from torch.nn import functional as F
 
 from .layers import resize
 from .losses import dice_loss, mask_bce_loss, rank_loss, rank_targets, sigmoid_focal_loss
@@ -101,13 +102,9 @@ def prepare_targets(
 
 
 def _pad_to(masks: torch.Tensor, size) -> torch.Tensor:
-    """(M, h, w) masks zero-padded at the bottom and right to (M, *size)."""
+    """(M, h, w) masks zero-padded at the bottom and right to (M, *size); no copy when they have that size."""
     h, w = masks.shape[-2:]
-    if (h, w) == tuple(size):
-        return masks
-    out = masks.new_zeros((masks.shape[0], *size))
-    out[:, :h, :w] = masks
-    return out
+    return masks if (h, w) == tuple(size) else F.pad(masks, (0, size[1] - w, 0, size[0] - h))
 
 
 def _resize_targets(masks: torch.Tensor, size) -> torch.Tensor:
@@ -125,13 +122,9 @@ def _resize_targets(masks: torch.Tensor, size) -> torch.Tensor:
     h, w = size
     if masks.dtype != torch.bool or masks.shape[0] == 0 or H % h or W % w:
         return resize(masks.to(torch.float32), size)
-    out = None
-    for rows in _taps(H // h, h):
-        for cols in _taps(W // w, w):
-            tap = masks[:, rows, cols].to(torch.uint8)
-            out = tap if out is None else out + tap
-    taps = len(_taps(H // h, h)) * len(_taps(W // w, w))
-    return out.to(torch.float32) * (1.0 / taps)
+    row_taps, col_taps = _taps(H // h, h), _taps(W // w, w)
+    total = sum(masks[:, rows, cols].to(torch.uint8) for rows in row_taps for cols in col_taps)
+    return total.to(torch.float32) * (1.0 / (len(row_taps) * len(col_taps)))
 
 
 def _taps(factor: int, n: int):

@@ -180,15 +180,9 @@ class KNetHungarianMatcher(nn.Module):
             None if cls_logits is None else torch.cat(list(gt_labels)),
         )
         cost = _as_numpy_cost(cost)
-        out, start = [], 0
-        for b, m in enumerate(counts):
-            if m == 0:
-                empty = torch.zeros(0, dtype=torch.int64, device=device)
-                out.append((empty, empty.clone()))
-            else:
-                out.append(_assign(cost[b * N:(b + 1) * N, start:start + m], device))
-            start += m
-        return out
+        starts = [sum(counts[:b]) for b in range(B)]  # scipy assigns an image without ground truth nothing
+        blocks = [cost[b * N:(b + 1) * N, s:s + m] for b, (s, m) in enumerate(zip(starts, counts))]
+        return [_assign(block, device) for block in blocks]
 
 
 def _as_numpy_cost(cost: torch.Tensor):
