@@ -31,7 +31,7 @@ def parse_args():
     p.add_argument("--config-file", default=None,
                    help="training config (synthetic panoptic); default: chosen by --precision")
     p.add_argument("--precision", choices=("auto", "float32", "bf16"), default="auto",
-                   help="without --config-file: knet_panoptic_R10.yaml (float32, 1,500 iterations, 192-px "
+                   help="without --config-file: knet_panoptic_R10.yaml (float32, 1,650 iterations, 192-px "
                         "crops) or knet_panoptic_R18_bf16.yaml (bf16, 1,750 iterations); auto: bf16 where "
                         "the CPU has AMX units (amx_bf16); not with --config-file")
     p.add_argument("--output", default=os.path.join(REPO, "output", "quickstart"), help="output folder")

@@ -1,15 +1,25 @@
-"""The CPU fast path of the ResNet stem's max-pool gives PyTorch's own answer, bit for bit (values and
-gradients), so training is unchanged by it."""
+"""The CPU fast paths: the ResNet stem's max-pool gives PyTorch's own answer, bit for bit (values and
+gradients), so training is unchanged by it; the x2 bilinear upsampling gives PyTorch's values bit for bit and
+its gradient to float rounding; a backbone in channels-last layout (``MODEL.KNET.BACKBONE_CHANNELS_LAST``)
+gives the contiguous model's losses and gradients to float rounding."""
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
 from detectron2.modeling.backbone.resnet import BasicStem
+from support.models import batched_input, tiny_knet_cfg
 
 from knet import add_knet_config
 from knet.modeling.backbone.resnet_fpn import KNetBasicStem, build_knet_resnet_fpn_backbone
-from knet.modeling.layers import _ChannelsLastMaxPool2d, max_pool2d
+from knet.modeling.layers import (
+    BilinearUpsample2x,
+    _ChannelsLastMaxPool2d,
+    max_pool2d,
+    resize,
+    upsample_bilinear,
+)
 
 
 def _input_with_ties(shape, dtype, seed=0):
@@ -78,3 +88,102 @@ def test_backbone_stem_uses_the_fast_pool_and_keeps_basic_stem_weights(res2_chan
     x = torch.randn(2, 3, 64, 64)
     expected = F.max_pool2d(F.relu(stem.conv1(x)), kernel_size=3, stride=2, padding=1)
     assert torch.equal(stem(x), expected)
+
+
+def _float64_bilinear_grad(x, grad_out):
+    """The gradient of PyTorch's own bilinear upsampling, computed in float64 (the exact sum, to 1e-16)."""
+    x64 = x.detach().double().requires_grad_()
+    y = F.interpolate(x64, size=grad_out.shape[-2:], mode="bilinear", align_corners=False)
+    (g,) = torch.autograd.grad(y, x64, grad_out.double())
+    return g
+
+
+# odd, even, 1-pixel and non-square maps: the borders clamp the source index on every side
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 29, 24, 24), (3, 2, 1, 1), (2, 4, 1, 6), (1, 1, 8, 3)])
+def test_x2_upsample_equals_pytorch(shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).requires_grad_()
+    size = (2 * shape[2], 2 * shape[3])
+    ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    out = upsample_bilinear(x, size)
+    assert "BilinearUpsample2x" in type(out.grad_fn).__name__  # the fast path ran
+    assert torch.equal(out, ref)  # the forward is PyTorch's, bit for bit
+    assert torch.equal(out, F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+    grad_out = torch.randn(ref.shape, generator=g)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad_out)
+    exact = _float64_bilinear_grad(x, grad_out)
+    assert grad.dtype == torch.float32 and grad.shape == x.shape and grad.is_contiguous()
+    # the same sum in another order: as close to the exact float64 gradient as PyTorch's own float32 one
+    tol = 4 * torch.finfo(torch.float32).eps * exact.abs().max().item()
+    assert (grad.double() - exact).abs().max().item() <= tol
+    assert (ref_grad.double() - exact).abs().max().item() <= tol
+
+
+def test_x2_upsample_gradient_of_one_unit_at_each_output():
+    # each output pixel spreads weights summing to 1 over the inputs: the inputs receive 4 units each in all
+    x = torch.zeros(2, 3, 6, 5, requires_grad=True)
+    upsample_bilinear(x, (12, 10)).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 4.0))
+
+
+def test_x2_upsample_falls_back_where_the_fast_path_does_not_apply():
+    x = torch.randn(1, 2, 5, 6)
+    for t, size in [
+        (x.clone().requires_grad_(), (9, 12)),  # not x2
+        (x.double().requires_grad_(), (10, 12)),  # float64 (the parity checks' exact arithmetic)
+        (x, (10, 12)),  # no gradient wanted (inference)
+    ]:
+        out = upsample_bilinear(t, size)
+        assert "BilinearUpsample2x" not in type(out.grad_fn).__name__
+        assert torch.equal(out, F.interpolate(t, size=size, mode="bilinear", align_corners=False))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 recipes: PyTorch's own gradient
+        out = upsample_bilinear(x.clone().requires_grad_(), (10, 12))
+    assert "BilinearUpsample2x" not in type(out.grad_fn).__name__
+    traced = torch.jit.trace(lambda t: upsample_bilinear(t, (10, 12)), (x.clone().requires_grad_(),))
+    assert "aten::upsample_bilinear2d" in str(traced.graph)  # an ONNX export sees PyTorch's own op
+
+
+def test_resize_and_upsample_module_take_the_fast_path_with_the_same_values():
+    x = torch.randn(4, 6, 7).requires_grad_()  # (N, h, w), as the criterion resizes masks
+    out = resize(x, (12, 14))
+    assert torch.equal(out, F.interpolate(x[None], size=(12, 14), mode="bilinear", align_corners=False)[0])
+    out.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 4.0))
+    y = torch.randn(2, 3, 4, 5).requires_grad_()
+    up = BilinearUpsample2x()(y)
+    assert "BilinearUpsample2x" in type(up.grad_fn).__name__
+    assert torch.equal(up, torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)(y))
+
+
+def _train_step(channels_last):
+    torch.manual_seed(0)
+    cfg = tiny_knet_cfg()
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.KNET.BACKBONE_CHANNELS_LAST = channels_last
+    model = build_model(cfg).train()
+    inputs = [batched_input(64, 96, [0, 1, 4], seed=0), batched_input(64, 80, [2, 0], seed=1)]
+    losses = model(inputs)
+    sum(losses.values()).backward()
+    return model, losses
+
+
+def test_channels_last_backbone_gives_the_contiguous_models_losses_and_gradients():
+    plain, plain_losses = _train_step(False)
+    cl, cl_losses = _train_step(True)
+    stem_weight = cl.backbone.bottom_up.stem.conv1.weight
+    assert stem_weight.is_contiguous(memory_format=torch.channels_last) and not stem_weight.is_contiguous()
+    assert plain.backbone.bottom_up.stem.conv1.weight.is_contiguous()
+    features = cl.backbone_features(torch.randn(1, 3, 64, 64))
+    assert all(f.is_contiguous() for f in features.values())  # the heads get the contiguous layout
+    assert sorted(cl_losses) == sorted(plain_losses)
+    for k in plain_losses:
+        assert torch.allclose(cl_losses[k], plain_losses[k], rtol=1e-4, atol=1e-5), k
+    plain_params = dict(plain.named_parameters())
+    for name, p in cl.named_parameters():
+        ref = plain_params[name].grad
+        assert torch.allclose(p.grad, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item()), name
+    # the state dict is the contiguous model's (a checkpoint loads into either)
+    state = cl.state_dict()
+    plain.load_state_dict(state)
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in state.items())

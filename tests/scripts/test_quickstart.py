@@ -65,7 +65,9 @@ def test_recipes_are_the_resnet18_one_with_their_precision_trunk_iterations_and_
     assert (r18.MODEL.RESNETS.DEPTH, fp32.MODEL.RESNETS.DEPTH, bf16.MODEL.RESNETS.DEPTH) == (18, 10, 18)
     assert (r18.SOLVER.MAX_ITER, tuple(r18.SOLVER.STEPS)) == (1250, (1000, 1188))
     assert (fp32.MODEL.RESNETS.STEM_OUT_CHANNELS, fp32.MODEL.RESNETS.RES2_OUT_CHANNELS) == (24, 24)
-    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1500, (1200, 1425))
+    assert (fp32.SOLVER.MAX_ITER, tuple(fp32.SOLVER.STEPS)) == (1650, (1320, 1568))
+    # the float32 backbone runs in channels-last layout; the bf16 recipe as it was measured
+    assert fp32.MODEL.KNET.BACKBONE_CHANNELS_LAST and not bf16.MODEL.KNET.BACKBONE_CHANNELS_LAST
     # float32 trains on 192x192 windows at the images' own scale (the resize to 192 px is then the identity)
     # and tests whole images unresized; the ResNet-18 and bf16 recipes resize whole images to 192 px
     assert fp32.INPUT.CROP.ENABLED and fp32.INPUT.CROP.TYPE == "absolute"
@@ -81,6 +83,7 @@ def test_recipes_are_the_resnet18_one_with_their_precision_trunk_iterations_and_
     fp32.MODEL.RESNETS.DEPTH = 18
     fp32.MODEL.RESNETS.STEM_OUT_CHANNELS = fp32.MODEL.RESNETS.RES2_OUT_CHANNELS = 32
     fp32.INPUT.CROP, fp32.INPUT.MIN_SIZE_TEST = r18.INPUT.CROP.clone(), r18.INPUT.MIN_SIZE_TEST
+    fp32.MODEL.KNET.BACKBONE_CHANNELS_LAST = False  # a memory layout: the same model
     for cfg in (fp32, bf16):  # nothing else differs from the ResNet-18 recipe
         for key in ("MODEL", "INPUT", "DATASETS", "SEED"):
             assert cfg[key] == r18[key], key

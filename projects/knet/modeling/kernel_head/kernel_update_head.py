@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..layers import upsample_bilinear
 from .kernel_updator import KernelUpdator
 
 __all__ = [
@@ -224,7 +225,7 @@ class KernelUpdateHead(nn.Module):
         x = self.feat_transform(x)
         C, H, W = x.shape[-3:]
         if prev_masks.shape[-2:] != (H, W):
-            prev_masks = F.interpolate(prev_masks, (H, W), mode="bilinear", align_corners=False)
+            prev_masks = upsample_bilinear(prev_masks, (H, W))
         assembled = assemble_group_features(self.gather_masks(prev_masks), x)
 
         k = kernels.reshape(B, N, C, -1).permute(0, 1, 3, 2)  # (B, N, K*K, C)

@@ -134,7 +134,7 @@ class KNet(KNetMetaArchBase):
             training: dict of weighted losses; inference: one dict per image (see the class docstring).
         """
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        features = self.backbone_features(images.tensor)
         outputs = self.kernel_head(self.pixel_decoder(features))
         if self.training:
             if any("instances" not in x for x in batched_inputs):

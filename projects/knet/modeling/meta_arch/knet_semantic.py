@@ -141,7 +141,7 @@ class KNetSemantic(KNetMetaArchBase):
     def stage_logits(self, images: torch.Tensor):
         """(B, 3, H, W) normalised images -> the kernel head's output: in training the ``1 + S`` logit maps,
         at inference the last one (B, C, h, w)."""
-        dec = self.pixel_decoder(self.backbone(images))
+        dec = self.pixel_decoder(self.backbone_features(images))
         return self.kernel_head(dec["feat"], dec["init_kernels"], dec["init_logits"])
 
     def forward(self, batched_inputs: List[Dict]):
@@ -174,7 +174,7 @@ class KNetSemantic(KNetMetaArchBase):
             size_divisibility=self.size_divisibility,
             ignore_value=o.ignore_value,
         )
-        features = self.backbone(batch)
+        features = self.backbone_features(batch)
         dec = self.pixel_decoder(features)
         aux_logits = None if self.auxiliary_head is None else self.auxiliary_head(features)["init_logits"]
         stage_logits = self.kernel_head(dec["feat"], dec["init_kernels"], dec["init_logits"])

@@ -14,7 +14,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from ..layers import conv_norm_relu
+from ..layers import BilinearUpsample2x, conv_norm_relu
 from ..registry import KNET_PIXEL_DECODER_REGISTRY
 from .positional_encoding import sine_positional_encoding
 
@@ -90,7 +90,7 @@ class KNetLocalizationFPN(nn.Module):
                     level.add_module(f"conv{j}", conv)
                     if j < i - 1 or output_stride == 4:
                         level.add_module(
-                            f"upsample{j}", nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+                            f"upsample{j}", BilinearUpsample2x()
                         )
             self.convs_all_levels.append(level)
         self.conv_pred = conv_norm_relu(conv_dim, conv_dim, 1, norm)
