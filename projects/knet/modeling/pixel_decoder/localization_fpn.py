@@ -89,9 +89,7 @@ class KNetLocalizationFPN(nn.Module):
                     conv = conv_norm_relu(in_ch if j == 0 else conv_dim, conv_dim, 3, norm)
                     level.add_module(f"conv{j}", conv)
                     if j < i - 1 or output_stride == 4:
-                        level.add_module(
-                            f"upsample{j}", BilinearUpsample2x()
-                        )
+                        level.add_module(f"upsample{j}", BilinearUpsample2x())
             self.convs_all_levels.append(level)
         self.conv_pred = conv_norm_relu(conv_dim, conv_dim, 1, norm)
         self.aux_convs = nn.ModuleList([conv_norm_relu(conv_dim, conv_dim, 1, norm)])
